@@ -1,0 +1,117 @@
+"""Backend registry: one place chooses which implementation of the op set runs.
+
+Every backend is a module `stllr_kernels.backends.<module>` exposing the ops of DESIGN.md with the
+signatures of `stllr_kernels.reference` and a function `unavailable_reason(device_type)` that returns
+None when it can run on that device type, else a sentence saying why not. A backend chosen by `auto`
+that cannot load is skipped quietly; one asked for by name fails loudly with that sentence.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+# name -> module under stllr_kernels.backends
+BACKEND_MODULES = {
+    "triton": "triton_ops",
+    "cuda": "ext",
+    "cpu": "ext",
+    "torch": "torch_ref",
+}
+# per device type, the order `auto` tries (fastest first)
+AUTO_ORDER = {
+    "cuda": ("triton", "cuda", "torch"),
+    "cpu": ("cpu", "torch"),
+}
+ENV_VAR = "STLLR_BACKEND"
+
+_forced: Optional[str] = None
+_chosen: dict[str, str] = {}  # device type -> backend name taken by auto
+_modules: dict[str, ModuleType] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when a backend asked for by name cannot run here; the message says why."""
+
+
+def _load(name: str) -> tuple[Optional[ModuleType], Optional[str]]:
+    module_name = BACKEND_MODULES[name]
+    if module_name not in _modules:
+        try:
+            _modules[module_name] = importlib.import_module(f"{__name__}.{module_name}")
+        except Exception as exc:  # a missing compiler, GPU or package must not break the import
+            return None, f"backend {name!r} failed to load: {type(exc).__name__}: {exc}"
+    return _modules[module_name], None
+
+
+def unavailable_reason(name: str, device_type: str) -> Optional[str]:
+    """None if backend `name` can run on `device_type`, else why not."""
+    if name not in BACKEND_MODULES:
+        return f"unknown backend {name!r}; expected one of {['auto', *BACKEND_MODULES]}"
+    module, error = _load(name)
+    if module is None:
+        return error
+    return module.unavailable_reason(name, device_type)
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Force one backend for every device ("auto" or None restores the automatic choice).
+
+    Raises BackendUnavailable if the named backend cannot run on any device of this machine.
+    """
+    global _forced
+    if name is None or name == "auto":
+        _forced = None
+        return
+    if name not in BACKEND_MODULES:
+        raise BackendUnavailable(f"unknown backend {name!r}; expected one of {['auto', *BACKEND_MODULES]}")
+    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    reasons = [unavailable_reason(name, d) for d in device_types]
+    if all(r is not None for r in reasons):
+        raise BackendUnavailable(f"backend {name!r} cannot run here: {reasons[-1]}")
+    _forced = name
+
+
+def get_backend_name(device_type: str) -> str:
+    """The backend that runs ops on `device_type` under the current setting."""
+    name = _forced or os.environ.get(ENV_VAR, "auto") or "auto"
+    if name != "auto":
+        reason = unavailable_reason(name, device_type)
+        if reason is not None:
+            raise BackendUnavailable(f"backend {name!r} (from "
+                                     f"{'set_backend' if _forced else ENV_VAR}) cannot run on "
+                                     f"{device_type}: {reason}")
+        return name
+    if device_type not in _chosen:
+        for candidate in AUTO_ORDER.get(device_type, ("torch",)):
+            if unavailable_reason(candidate, device_type) is None:
+                _chosen[device_type] = candidate
+                break
+    return _chosen[device_type]
+
+
+def get_ops(device: torch.device | str) -> ModuleType:
+    """The op module of the backend selected for `device`."""
+    device_type = torch.device(device).type
+    module, _ = _load(get_backend_name(device_type))
+    return module
+
+
+def backend_info() -> dict:
+    """Which backend each device type uses, and why the others are not used."""
+    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    info = {"setting": _forced or os.environ.get(ENV_VAR, "auto") or "auto", "devices": {}}
+    for d in device_types:
+        try:
+            selected = get_backend_name(d)
+        except BackendUnavailable as exc:
+            selected = f"error: {exc}"
+        info["devices"][d] = {
+            "selected": selected,
+            "unavailable": {n: r for n in BACKEND_MODULES
+                            if (r := unavailable_reason(n, d)) is not None},
+        }
+    return info

@@ -1,0 +1,173 @@
+"""SPEC.md made executable: the pure-torch oracle every backend is tested against.
+
+Each function is one op of DESIGN.md's op set, with the same name and signature in every backend
+(`stllr_kernels.backends.<name>`). Scalars that live on the device (beta, theta) are 0-d tensors so
+that no backend has to synchronise to read them; the factors are Python floats.
+
+Notation follows SPEC section 1: x[t] input, I[t] current, v+ membrane after reset, u = v - theta,
+s spikes, psi = Psi(u), trpost / trpre the post / pre traces.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import MIN_THRESHOLD, STANDARDIZE_EPS, RuleConfig
+from .psi import apply_psi
+
+Tensor = torch.Tensor
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """States (membrane, traces, psi) are kept in at least float32, whatever the input dtype."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def beta_of(leak: Tensor) -> Tensor:
+    """beta = sigmoid(leak) (SPEC section 1)."""
+    return torch.sigmoid(leak)
+
+
+def theta_of(threshold: Tensor) -> Tensor:
+    """theta = max(threshold, 0.5) (SPEC section 1)."""
+    return threshold.clamp(min=MIN_THRESHOLD)
+
+
+def standardize_weight(weight: Tensor, gain: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
+    """W_hat = gain * (W - mean_row) / sqrt(var_row * fan_in + eps), unbiased var over each row."""
+    flat = weight.flatten(1)
+    fan_in = flat.shape[1]
+    mean = flat.mean(dim=1).view(-1, *([1] * (weight.dim() - 1)))
+    var = flat.var(dim=1, unbiased=True).view_as(mean)
+    return gain * (weight - mean) / torch.sqrt(var * fan_in + eps)
+
+
+# ----------------------------------------------------------------------------- forward ops
+
+def lif_step(current: Tensor, v: Tensor, trpost: Tensor, beta: Tensor, theta: Tensor,
+             cfg: RuleConfig):
+    """One LIF step with the post trace (SPEC section 1), element-wise over any shape.
+
+    Returns (s[t], v+[t], trpost[t], psi[t]); s in the current's dtype, the rest in state dtype.
+    With cfg.post == "spike" the post trace accumulates s[t] instead of psi[t].
+    """
+    sd = state_dtype(current.dtype)
+    v_t = beta * v + current.to(sd)
+    u = v_t - theta
+    spike = (u > 0).to(sd)
+    if cfg.reset == "soft":
+        v_after = v_t - theta * spike
+    else:
+        v_after = v_t * (1.0 - spike)
+    psi = apply_psi(cfg.psi, u)
+    trpost_new = cfg.lambda_post * trpost + (spike if cfg.post == "spike" else psi)
+    return spike.to(current.dtype), v_after, trpost_new, psi
+
+
+def pre_trace(trpre: Tensor, x: Tensor, lambda_pre: float) -> Tensor:
+    """trpre[t] = lambda_pre * trpre[t-1] + x[t] (it includes the current input)."""
+    return lambda_pre * trpre + x.to(state_dtype(x.dtype))
+
+
+def lif_sequence(currents: Tensor, v: Tensor, trpost: Tensor, beta: Tensor, theta: Tensor,
+                 cfg: RuleConfig, save_from: int):
+    """lif_step over all T steps of currents [T, ...].
+
+    Returns (s [T, ...], v+[T-1], trpost[T-1], psi[save_from:], trpost_prev[save_from:]) where
+    trpost_prev[t] = trpost[t-1]: only the steps with a loss keep what the backward needs.
+    """
+    spikes, psis, prevs = [], [], []
+    for t in range(currents.shape[0]):
+        if t >= save_from:
+            prevs.append(trpost)
+        s, v, trpost, psi = lif_step(currents[t], v, trpost, beta, theta, cfg)
+        spikes.append(s)
+        if t >= save_from:
+            psis.append(psi)
+    return (torch.stack(spikes), v, trpost, _stack_or_empty(psis, currents, v),
+            _stack_or_empty(prevs, currents, v))
+
+
+def trace_sequence(x: Tensor, trace: Tensor, decay: float, save_from: int):
+    """pre_trace over all T steps of x [T, ...]; returns (trace[save_from:], trace[T-1])."""
+    saved = []
+    for t in range(x.shape[0]):
+        trace = pre_trace(trace, x[t], decay)
+        if t >= save_from:
+            saved.append(trace)
+    return _stack_or_empty(saved, x, trace), trace
+
+
+def _stack_or_empty(items, like_seq: Tensor, like_state: Tensor) -> Tensor:
+    if items:
+        return torch.stack(items)
+    return like_state.new_empty((0, *like_seq.shape[1:]))
+
+
+# ----------------------------------------------------------------------------- backward ops
+
+def linear_backward(grad_s: Tensor, psi: Optional[Tensor], causal: Optional[Tensor],
+                    trpost_prev: Optional[Tensor], x: Tensor, trpre: Tensor, weight: Tensor,
+                    alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
+                    needs_bias_grad: bool = True):
+    """The S-TLLR backward of one linear step (SPEC section 2), batched as GEMMs.
+
+    grad_s is L [B, N]; psi the surrogate for dx and db; causal the post factor of the causal
+    term (psi, or s for post="spike"); None for psi/causal means 1 and None for trpost_prev drops
+    the non-causal term (the readout layer). Leading dimensions of all [..., N] / [..., K] inputs are
+    treated as the batch, so the time-fused mode passes D x B rows at once.
+
+        dW = alpha_post * (L * trpost_prev)^T x + alpha_pre * (L * causal)^T trpre
+        db = sum_b L * psi          dx = (L * psi) @ W
+    """
+    sd = state_dtype(grad_s.dtype)
+    L = grad_s.to(sd).flatten(0, -2)
+    xs = x.to(sd).flatten(0, -2)
+    tr = trpre.to(sd).flatten(0, -2)
+    g_psi = L if psi is None else L * psi.to(sd).flatten(0, -2)
+    g_causal = L if causal is None else L * causal.to(sd).flatten(0, -2)
+    grad_w = alpha_pre * (g_causal.t() @ tr)
+    if trpost_prev is not None and alpha_post != 0.0:
+        grad_w = grad_w + alpha_post * ((L * trpost_prev.to(sd).flatten(0, -2)).t() @ xs)
+    grad_x = None
+    if needs_input_grad:
+        grad_x = (g_psi @ weight.to(sd)).to(x.dtype).view(*grad_s.shape[:-1], x.shape[-1])
+    grad_b = g_psi.sum(0).to(weight.dtype) if needs_bias_grad else None
+    return grad_x, grad_w.to(weight.dtype), grad_b
+
+
+def conv_backward(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tensor, x: Tensor,
+                  trpre: Tensor, weight: Tensor, stride, padding, dilation, groups: int,
+                  alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
+                  needs_bias_grad: bool = True):
+    """The S-TLLR backward of one conv2d step: the same rule with conv weight-gradients.
+
+    dW = conv2d_weight(x, L*trpost_prev) * alpha_post + conv2d_weight(trpre, L*causal) * alpha_pre,
+    computed as one weight-gradient call on the batch-concatenated operands.
+    """
+    sd = state_dtype(grad_s.dtype)
+    L = grad_s.to(sd)
+    g_psi = L * psi.to(sd)
+    g_causal = L * causal.to(sd)
+    inputs = torch.cat([alpha_post * x.to(sd), alpha_pre * trpre.to(sd)])
+    grads = torch.cat([L * trpost_prev.to(sd), g_causal])
+    grad_w = torch.nn.grad.conv2d_weight(inputs, weight.shape, grads, stride, padding, dilation, groups)
+    grad_x = None
+    if needs_input_grad:
+        grad_x = torch.nn.grad.conv2d_input(x.shape, weight.to(sd), g_psi, stride, padding,
+                                            dilation, groups).to(x.dtype)
+    grad_b = g_psi.sum((0, 2, 3)).to(weight.dtype) if needs_bias_grad else None
+    return grad_x, grad_w.to(weight.dtype), grad_b
+
+
+def current_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """I[t] = W x[t] + b."""
+    return F.linear(x, weight, bias)
+
+
+def current_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, dilation,
+                 groups: int) -> Tensor:
+    """I[t] = conv2d(x[t], W, b)."""
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
