@@ -1,0 +1,152 @@
+"""One batch and one epoch of training or evaluation (SPEC section 6).
+
+The training modes differ only in when losses are taken and when the optimizer steps; every
+backward of a sequence goes through `backward()` below, told whether it is the last of that
+optimizer step, so a distributed wrapper can skip gradient sync for all but the last.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+TRAINING_MODES = ("stllr_online", "stllr", "bptt")
+STEP_MODES = ("online", "sequence")
+LOSSES = ("MSE", "BCE", "CE")
+
+
+def make_loss(name: str, num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """loss(logits [B, C], labels [B]). MSE and BCE compare with one-hot labels (BCE on logits)."""
+    if name == "CE":
+        return F.cross_entropy
+    if name == "MSE":
+        return lambda out, y: F.mse_loss(out, F.one_hot(y, num_classes).to(out.dtype))
+    if name == "BCE":
+        return lambda out, y: F.binary_cross_entropy_with_logits(out, F.one_hot(y, num_classes).to(out.dtype))
+    raise ValueError(f"loss: expected one of {list(LOSSES)}, got {name!r}")
+
+
+def no_sync_context(last: bool) -> ContextManager:
+    """Default: every backward syncs (single process). DDP passes model.no_sync for last=False."""
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Trainer:
+    """What one batch needs besides the data: model, optimizer, loss and the mode flags."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: Callable[[Tensor, Tensor], Tensor]
+    training_mode: str = "stllr"
+    step_mode: str = "online"
+    delay_ls: int = 5
+    sync_context: Callable[[bool], ContextManager] = field(default=no_sync_context)
+
+    def backward(self, loss: Tensor, last: bool) -> None:
+        with self.sync_context(last):
+            loss.backward()
+
+    def train_batch(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Train on one batch x [T, B, ...]; returns the prediction sum_t out_t [B, C] (detached)."""
+        model, opt = self.model, self.optimizer
+        T = x.shape[0]
+        first_loss = T - min(self.delay_ls, T)  # steps t >= T - D get a learning signal
+        model.reset_states()
+        model.feedback.set_target(labels)
+        if self.training_mode == "bptt":
+            opt.zero_grad(set_to_none=True)
+            if self.step_mode == "sequence":
+                pred = model(x, T).sum(0)
+            else:
+                pred = sum(model(x[t]) for t in range(T))
+            self.backward(self.loss(pred, labels), last=True)
+            opt.step()
+            return pred.detach()
+        if self.training_mode == "stllr" and self.step_mode == "sequence":
+            opt.zero_grad(set_to_none=True)
+            out = model(x, T - first_loss)
+            loss = sum(self.loss(out[t], labels) for t in range(first_loss, T))
+            if first_loss < T:
+                self.backward(loss, last=True)
+            opt.step()
+            return out.detach().sum(0)
+        online = self.training_mode == "stllr_online"
+        if not online:
+            opt.zero_grad(set_to_none=True)
+        pred = 0
+        for t in range(T):
+            with torch.set_grad_enabled(t >= first_loss):
+                out = model(x[t])
+            pred = pred + out.detach()
+            if t >= first_loss:
+                if online:
+                    opt.zero_grad(set_to_none=True)
+                self.backward(self.loss(out, labels), last=online or t == T - 1)
+                if online:
+                    opt.step()
+        if not online:
+            opt.step()
+        return pred
+
+
+def predict(model: torch.nn.Module, x: Tensor, step_mode: str = "online") -> Tensor:
+    """Evaluation: sum_t out_t under no_grad."""
+    with torch.no_grad():
+        model.reset_states()
+        model.feedback.set_target(None)
+        if step_mode == "sequence":
+            return model(x, 0).sum(0)
+        return sum(model(x[t]) for t in range(x.shape[0]))
+
+
+def topk_correct(pred: Tensor, labels: Tensor, ks=(1, 5)) -> list:
+    """Number of samples whose label is among the top-k predictions, for each k."""
+    top = pred.topk(min(max(ks), pred.shape[1]), dim=1).indices
+    hits = top.eq(labels[:, None])
+    return [int(hits[:, :k].any(1).sum()) for k in ks]
+
+
+@dataclass
+class EpochResult:
+    acc1: float
+    acc5: float
+    loss: float
+    seconds: float
+    samples: int
+
+
+def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=None,
+              step_mode: str = "online", desc: str = "", print_freq: int = 0, log=None,
+              show_progress: bool = True) -> EpochResult:
+    """Train (trainer given) or evaluate (model given) over one pass of `loader`."""
+    model = trainer.model if trainer is not None else model
+    model.train(trainer is not None)
+    start = time.perf_counter()
+    n = correct1 = correct5 = 0
+    loss_sum = 0.0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True)
+    for i, (x, labels) in enumerate(bar):
+        x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if trainer is not None:
+            pred = trainer.train_batch(x, labels)
+        else:
+            pred = predict(model, x, step_mode)
+        with torch.no_grad():
+            loss_sum += float(loss_fn(pred, labels)) * len(labels)
+        c1, c5 = topk_correct(pred, labels)
+        n, correct1, correct5 = n + len(labels), correct1 + c1, correct5 + c5
+        bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{100.0 * correct1 / n:.2f}")
+        if print_freq and log is not None and i % print_freq == print_freq - 1:
+            log(f"{desc} [{i + 1}/{len(loader)}] loss {loss_sum / n:.4e} acc@1 {100.0 * correct1 / n:.2f} "
+                f"acc@5 {100.0 * correct5 / n:.2f}")
+    bar.close()
+    n = max(n, 1)
+    return EpochResult(100.0 * correct1 / n, 100.0 * correct5 / n, loss_sum / n,
+                       time.perf_counter() - start, n)

@@ -1,0 +1,49 @@
+"""The architectures of `--arch`: name -> which dataset it is built for and how to build it.
+
+Builders read the parsed flags (activation, factors_stdp, pooling, feedback_mode).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .base import SpikingModel
+from .common import ACTIVATIONS, DEFAULT_ACTIVATION, FEEDBACK_MODES
+from .digits import DigitsBPTT, DigitsSTLLR
+from .shd import SHDBPTT, SHDSTLLR
+from .vgg import VGGBPTT, VGGSTLLR
+
+
+@dataclass(frozen=True)
+class Arch:
+    dataset: str                          # the --dataset it is built for (input shape, classes)
+    build: Callable[..., SpikingModel]    # build(args) -> model
+    stllr: bool                           # S-TLLR layers (False: BPTT baseline)
+
+
+def _factors(args):
+    return list(args.factors_stdp)
+
+
+ARCHS = {
+    "dvs_vgg_stllr": Arch("DVSGesture", lambda a: VGGSTLLR(
+        2, 32, 32, 11, a.activation, _factors(a), a.pooling, 0.0, a.feedback_mode), True),
+    "dvscifar10_vgg_stllr": Arch("CIFAR10DVS", lambda a: VGGSTLLR(
+        2, 48, 48, 10, a.activation, _factors(a), a.pooling, 0.1, a.feedback_mode), True),
+    "stllr_shd_net": Arch("SHD", lambda a: SHDSTLLR(a.activation, _factors(a), a.feedback_mode), True),
+    "digits_stllr": Arch("Digits", lambda a: DigitsSTLLR(a.activation, _factors(a), a.feedback_mode), True),
+    "dvs_vgg_bptt": Arch("DVSGesture", lambda a: VGGBPTT(2, 32, 32, 11, a.activation, 0.0), False),
+    "dvscifar10_vgg_bptt": Arch("CIFAR10DVS", lambda a: VGGBPTT(2, 48, 48, 10, a.activation, 0.1), False),
+    "bptt_shd_net": Arch("SHD", lambda a: SHDBPTT(), False),
+    "digits_bptt": Arch("Digits", lambda a: DigitsBPTT(a.activation), False),
+}
+# the original's README runs this name; it is the CIFAR10-DVS VGG
+ARCHS["dvscifar10_vgg11_stllr"] = ARCHS["dvscifar10_vgg_stllr"]
+
+
+def build_model(args) -> SpikingModel:
+    return ARCHS[args.arch].build(args)
+
+
+__all__ = ["ARCHS", "Arch", "ACTIVATIONS", "DEFAULT_ACTIVATION", "FEEDBACK_MODES", "SpikingModel",
+           "build_model"]

@@ -1,0 +1,83 @@
+"""The VGG of the DVS Gesture and CIFAR10-DVS runs (SPEC section 7), S-TLLR and BPTT.
+
+Eight 3x3 convs (64, 128, pool, 256, 256, pool, 512, 512, pool, 512, 512), each followed by its
+neuron and a per-sequence dropout, then global average pooling and a linear layer whose output at
+each step is that step's logits. Conv leak 0.0 (beta = 0.5).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn as nn
+from torch import Tensor
+
+from stllr_kernels.nn import LIF, Conv2dSTLLR, SpikingDropout, WSConv2d
+
+from .base import SpikingModel
+from .common import FeedbackHook, init_weights, make_pool, stllr_psi, surrogate_psi, time_distributed
+
+# (out_channels, pool after this conv)
+VGG_LAYERS = ((64, False), (128, True), (256, False), (256, True),
+              (512, False), (512, True), (512, False), (512, False))
+VGG_LEAK = 0.0
+POOL_BEFORE_LIF = 5  # the BPTT VGG pools the sixth conv's current, as the original does
+
+
+class VGGSTLLR(SpikingModel):
+    """Conv2dSTLLR layers; DFA/sDFA hooks after each conv block (after its pooling)."""
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int,
+                 activation: str, factors, pooling: str, dropout: float, feedback_mode: str = "BP"):
+        self.input_shape, self.num_classes = (in_channels, height, width), num_classes
+        super().__init__(feedback_mode)
+        psi = stllr_psi(activation)
+        self.convs, self.drops, self.pools, self.hooks = (nn.ModuleList() for _ in range(4))
+        channels, h, w = in_channels, height, width
+        for out, pool in VGG_LAYERS:
+            self.convs.append(Conv2dSTLLR(channels, out, 3, 1, 1, leak=VGG_LEAK, factors=factors, **psi))
+            self.drops.append(SpikingDropout(dropout))
+            self.pools.append(make_pool(pooling) if pool else nn.Identity())
+            h, w = (h // 2, w // 2) if pool else (h, w)
+            self.hooks.append(FeedbackHook(self.feedback, (out, h, w)))
+            channels = out
+        self.classifier = nn.Linear(channels, num_classes)
+        init_weights(self)
+
+    def step(self, x: Tensor, loss_steps: Optional[int]) -> Tensor:
+        sequence = loss_steps is not None
+        for conv, drop, pool, hook in zip(self.convs, self.drops, self.pools, self.hooks):
+            x = conv(x, loss_steps) if sequence else conv(x)
+            x = drop(x, sequence=sequence)
+            x = hook(time_distributed(pool, x, 3))
+        return self.classifier(x.mean((-2, -1)))
+
+
+class VGGBPTT(SpikingModel):
+    """Standardized convs + LIF with a surrogate gradient, full autograd through time.
+
+    As in the original's BPTT VGG, the pooling is average pooling whatever --pooling says, and
+    the third pooling acts on the currents of the sixth conv, before its LIF.
+    """
+
+    uses_stllr = False
+
+    def __init__(self, in_channels: int, height: int, width: int, num_classes: int,
+                 activation: str, dropout: float, feedback_mode: str = "BP"):
+        self.input_shape, self.num_classes = (in_channels, height, width), num_classes
+        super().__init__(feedback_mode)
+        psi = surrogate_psi(activation)
+        self.convs, self.lifs, self.drops, self.pools = (nn.ModuleList() for _ in range(4))
+        channels = in_channels
+        for out, pool in VGG_LAYERS:
+            self.convs.append(WSConv2d(channels, out, 3, 1, 1))
+            self.lifs.append(LIF(leak=VGG_LEAK, psi=psi))
+            self.drops.append(SpikingDropout(dropout))
+            self.pools.append(nn.AvgPool2d(2, 2) if pool else nn.Identity())
+            channels = out
+        self.classifier = nn.Linear(channels, num_classes)
+        init_weights(self)
+
+    def step(self, x: Tensor, loss_steps: Optional[int]) -> Tensor:
+        for i, (conv, lif, drop, pool) in enumerate(zip(self.convs, self.lifs, self.drops, self.pools)):
+            x = drop(lif(pool(conv(x)))) if i == POOL_BEFORE_LIF else pool(drop(lif(conv(x))))
+        return self.classifier(x.mean((-2, -1)))

@@ -1,0 +1,173 @@
+"""Trials and epochs of one run: builds the model and optimizer (in one place each), trains,
+evaluates, keeps the best checkpoint per trial, writes curves, resumes, survives Ctrl-C."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from typing import Callable, Optional
+
+import torch
+
+import stllr_kernels
+
+from . import checkpoint as ckpt
+from .cli import resolve_device
+from .data import DATASETS, build_dataset, make_loader
+from .engine import Trainer, make_loss, run_epoch
+from .models import build_model
+from .records import CURVES, setup_logging, write_history
+
+
+def make_optimizer(args, params) -> torch.optim.Optimizer:
+    """The original's optimizers; RMSProp (which the original misspelled and so never built) works."""
+    lr, wd = args.lr, args.weight_decay
+    if args.optimizer == "SGD":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if args.optimizer == "NAG":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    if args.optimizer == "Adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if args.optimizer == "RMSProp":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+    if args.optimizer == "RProp":
+        return torch.optim.Rprop(params, lr=lr)
+    raise ValueError(f"optimizer: unknown {args.optimizer!r}")
+
+
+def make_scheduler(args, optimizer):
+    if args.scheduler > 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.scheduler)
+    return None
+
+
+def setup_trial(args, device):
+    """The one place that creates the model, optimizer and scheduler of a trial."""
+    model = build_model(args).to(device)
+    if args.pretrained_model:
+        state = torch.load(args.pretrained_model, map_location=device, weights_only=False)
+        model.load_state_dict(state.get("state_dict", state), strict=False)
+    optimizer = make_optimizer(args, [p for p in model.parameters() if p.requires_grad])
+    return model, optimizer, make_scheduler(args, optimizer)
+
+
+def epoch_generator_seed(seed: int, trial: int, epoch: int) -> int:
+    """Shuffling order of one epoch: a function of (seed, trial, epoch) alone, so resumes match."""
+    return (seed * 1_000_003 + trial * 10_007 + epoch) % (2 ** 63)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run(args, is_main: bool = True, wrap_model: Optional[Callable] = None,
+        train_sampler_fn: Optional[Callable] = None) -> dict:
+    """Run every trial of `args`; returns a summary (also written to save_path/summary.json).
+
+    is_main / wrap_model / train_sampler_fn are the seams for a distributed launcher: only the
+    main process writes files; wrap_model(model) -> (model, sync_context) wraps for DDP.
+    """
+    device = resolve_device(args)
+    log = setup_logging(args.save_path, to_console=is_main).info if is_main else (lambda *_: None)
+    log(str(args))
+    log(f"=> Everything will be saved to {args.save_path}")
+    log(f"device {device}, backend {stllr_kernels.backend_info()['devices'].get(device.type, {}).get('selected')}")
+    workers = args.workers if args.workers is not None else (0 if args.dataset == "Digits" else 4)
+    train_set, test_set = build_dataset(args, True), build_dataset(args, False)
+    generator = torch.Generator()
+    sampler = train_sampler_fn(train_set) if train_sampler_fn else None
+    train_loader = make_loader(train_set, args.batch_size, True, workers, generator, sampler)
+    test_loader = make_loader(test_set, args.val_batch_size, False, workers)
+    loss_fn = make_loss(args.loss, DATASETS[args.dataset].num_classes)
+
+    resume = ckpt.load(args.resume, device) if args.resume else None
+    if resume is not None and resume["arch"] != args.arch:
+        raise SystemExit(f"error: --resume: the checkpoint is of --arch {resume['arch']}, not {args.arch}")
+    first_trial = resume["trial"] if resume else 1
+    summary = {"arch": args.arch, "dataset": args.dataset, "training_mode": args.training_mode,
+               "step_mode": args.step_mode, "device": str(device), "trials": []}
+    ckpt.seed_everything(args.seed)
+    for trial in range(first_trial, args.trials + 1):
+        ckpt.seed_everything(args.seed + trial - 1)
+        model, optimizer, scheduler = setup_trial(args, device)
+        if trial == 1 and is_main:
+            log(f"Total Parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
+            log(f"=== Model ===\n{model}")
+        history = {name: [] for name in (*CURVES, "val_acc5", "lr", "train_seconds")}
+        best, start_epoch = 0.0, 1
+        if resume is not None and resume["trial"] == trial:
+            model.load_state_dict(resume["model"])
+            optimizer.load_state_dict(resume["optimizer"])
+            if scheduler is not None and resume["scheduler"] is not None:
+                scheduler.load_state_dict(resume["scheduler"])
+            history, best, start_epoch = resume["history"], resume["best_acc1"], resume["epoch"] + 1
+            ckpt.set_rng_state(resume["rng"])
+            log(f"Resumed trial {trial} after epoch {resume['epoch']} from {args.resume}"
+                + (" (interrupted mid-epoch: that epoch restarts from the saved weights)" if resume.get("partial") else ""))
+        if args.trials > 1:
+            log(f"\nIn trial {trial} of {args.trials}")
+        train_model, sync = wrap_model(model) if wrap_model else (model, None)
+        trainer = Trainer(train_model, optimizer, loss_fn, args.training_mode, args.step_mode, args.delay_ls)
+        if sync is not None:
+            trainer.sync_context = sync
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def state(epoch: int, partial: bool = False) -> dict:
+            return {"arch": args.arch, "trial": trial, "epoch": epoch, "partial": partial,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler else None,
+                    "rng": ckpt.rng_state(), "best_acc1": best, "history": history, "args": vars(args)}
+
+        epoch = start_epoch - 1
+        try:
+            for epoch in range(start_epoch, args.epochs + 1):
+                log(f"\t Epoch {epoch}...")
+                generator.manual_seed(epoch_generator_seed(args.seed, trial, epoch))
+                if sampler is not None and hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+                lr = optimizer.param_groups[0]["lr"]
+                tr = run_epoch(train_loader, device, loss_fn, trainer=trainer, desc=f"trial {trial} epoch {epoch}",
+                               print_freq=args.print_freq, log=log, show_progress=is_main)
+                log(f" @Training * Acc@1 {tr.acc1:.3f} Acc@5 {tr.acc5:.3f} ({tr.seconds:.1f} s)")
+                te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=args.step_mode,
+                               desc="test", show_progress=is_main)
+                log(f" @Testing * Acc@1 {te.acc1:.3f} Acc@5 {te.acc5:.3f}")
+                for name, value in (("train_acc", tr.acc1), ("train_loss", tr.loss), ("val_acc", te.acc1),
+                                    ("val_loss", te.loss), ("val_acc5", te.acc5), ("lr", lr),
+                                    ("train_seconds", tr.seconds)):
+                    history[name].append(value)
+                if te.acc1 > best:
+                    best = te.acc1
+                    if is_main:
+                        ckpt.save_atomic({"epoch": epoch, "state_dict": model.state_dict(), "best_acc1": best,
+                                          "optimizer": optimizer.state_dict()},
+                                         os.path.join(args.save_path, ckpt.best_name(trial)))
+                log(f"Best acc at epoch {epoch}: {best}")
+                if scheduler is not None:
+                    scheduler.step()
+                if is_main:
+                    write_history(args.save_path, trial, history)
+                    ckpt.save_atomic(state(epoch), os.path.join(args.save_path, ckpt.RESUME_NAME))
+        except KeyboardInterrupt:
+            if is_main:
+                path = os.path.join(args.save_path, ckpt.RESUME_NAME)
+                ckpt.save_atomic(state(epoch - 1, partial=True), path)
+                log(f"Interrupted in trial {trial}, epoch {epoch}; checkpoint written to {path} "
+                    f"(continue with --resume {path})")
+            raise SystemExit(130)
+        summary["trials"].append({
+            "trial": trial, "best_acc1": best, "final_acc1": history["val_acc"][-1] if history["val_acc"] else None,
+            "seconds_per_epoch": (sum(history["train_seconds"]) / len(history["train_seconds"])
+                                  if history["train_seconds"] else None),
+            "peak_memory_mb": peak_memory_mb(device)})
+        resume = None
+    summary["memory_kind"] = "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"
+    if is_main:
+        with open(os.path.join(args.save_path, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        log(f"Best test accuracy per trial: {[t['best_acc1'] for t in summary['trials']]}")
+    return summary
