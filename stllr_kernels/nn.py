@@ -76,13 +76,11 @@ def _check_input(layer: nn.Module, x, feature_shape: Sequence[Optional[int]]) ->
     if x.dtype != weight.dtype:
         raise TypeError(f"{cls}: input x has dtype {x.dtype} but the layer's weight has {weight.dtype}")
     n = len(feature_shape)
-    if x.dim() not in (n + 1, n + 2):
+    wrong_rank = x.dim() not in (n + 1, n + 2)
+    if wrong_rank or any(want is not None and got != want
+                         for got, want in zip(x.shape[x.dim() - n:], feature_shape)):
         raise ValueError(f"{cls}: input x must have shape [B, {_fmt(feature_shape)}] (one step) or "
                          f"[T, B, {_fmt(feature_shape)}] (a sequence), got {tuple(x.shape)}")
-    for got, want in zip(x.shape[x.dim() - n:], feature_shape):
-        if want is not None and got != want:
-            raise ValueError(f"{cls}: input x must have shape [..., {_fmt(feature_shape)}], "
-                             f"got {tuple(x.shape)}")
     return x.dim() == n + 2
 
 
@@ -120,7 +118,8 @@ class _STLLRMixin(_Stateful):
     def _beta_theta(self):
         # the fused step treats leak and threshold as constants, as the original does
         with torch.no_grad():
-            return beta_of(self.leak.float()), theta_of(self.threshold.float())
+            dtype = state_dtype(self.leak.dtype)
+            return beta_of(self.leak.to(dtype)), theta_of(self.threshold.to(dtype))
 
     def _rule_repr(self) -> str:
         r = self.rule
