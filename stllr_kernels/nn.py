@@ -23,7 +23,8 @@ from .config import (DEFAULT_LEAK, DEFAULT_PSI_CONV, DEFAULT_PSI_LINEAR, DEFAULT
                      RuleConfig)
 from .functional import ConvGeometry, ReadoutSequence, ReadoutStep, STLLRSequence, STLLRStep
 from .psi import apply_psi, check_psi, check_reset
-from .reference import beta_of, pre_trace, standardize_weight, state_dtype, theta_of
+from .backends import get_ops
+from .reference import beta_of, standardize_weight, state_dtype, theta_of
 
 __all__ = ["LinearSTLLR", "LinearRecSTLLR", "Conv2dSTLLR", "SpikingDropout", "LIF", "WSLinear",
            "WSConv2d", "LinearRecLIF", "LeakyReadout", "reset_states", "spike_fn"]
@@ -234,7 +235,7 @@ class LinearRecSTLLR(LinearSTLLR):
             x, self.effective_weight(), self.bias, self.effective_weight_rec(), s_prev.to(x.dtype),
             trrec, v, trpost, trpre, beta, theta, self.rule, None)
         self.s_prev = s.detach().to(s_prev.dtype)
-        self.trrec = pre_trace(trrec, self.s_prev, self.rule.lambda_pre)
+        self.trrec = get_ops(x.device).pre_trace(trrec, self.s_prev, self.rule.lambda_pre)
         return s
 
 
