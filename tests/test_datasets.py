@@ -306,6 +306,13 @@ def test_missing_files_fail_fast_with_one_message(tmp_path, module, train, monke
     assert not glob.glob(os.path.join(tmp_path, "cache", "**", "index.json"), recursive=True)
 
 
+def test_missing_files_message_points_at_an_unextracted_archive(tmp_path):
+    os.makedirs(tmp_path / "SHD")
+    (tmp_path / "SHD" / "shd_train.h5.zip").write_bytes(b"PK")
+    with pytest.raises(DatasetFilesMissing, match="found shd_train.h5.zip: extract it"):
+        shd.build(args_for(tmp_path), True)
+
+
 @pytest.mark.parametrize("tonic_name", ["SHD", "DVSGesture", "CIFAR10DVS"])
 def test_a_download_attempt_raises_the_message(tmp_path, tonic_name):
     import tonic.datasets

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .cache import Recordings, cache_dir, cached
-from .errors import DatasetFilesMissing
+from .errors import DatasetFilesMissing, archive_hint
 from .sources import EventSource, check_labels, data_root, loader_workers, offline
 from .transforms import Compose, Normalize, RandomCrop, resize
 
@@ -31,7 +31,7 @@ CROP_PADDING = 4
 TRAIN_FRACTION = 0.9
 INPUT_SHAPE = (2, SIZE, SIZE)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-URL = ("https://figshare.com/articles/dataset/CIFAR10-DVS_New/4724671 (the .aedat4 release tonic reads: "
+URL = ("https://www.frontiersin.org/articles/10.3389/fnins.2017.00309/full (the .aedat4 release tonic reads: "
        "https://figshare.com/ndownloader/files/38023437 = CIFAR10DVS.zip, whose per-class zips must be extracted too)")
 EXPECTED_FILES = """\
 <data-path>/CIFAR10DVS/airplane/*.aedat4
@@ -74,7 +74,8 @@ def _source(root: str, train: bool) -> EventSource:
 
     folder = os.path.join(root, NAME)
     if not _recordings_present(folder):
-        raise missing(root, f"no <class>/*.aedat4 files in {folder}")
+        hint = archive_hint(folder, ["CIFAR10DVS.zip"] + [f"{name}.zip" for name in CLASSES])
+        raise missing(root, f"no <class>/*.aedat4 files in {folder}" + hint)
     cls = offline(tonic.datasets.CIFAR10DVS,
                   lambda ds: _recordings_present(ds.location_on_system),
                   lambda: missing(root))

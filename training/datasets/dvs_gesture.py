@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import Recordings, Windows, cache_dir, cached
-from .errors import DatasetFilesMissing
+from .errors import DatasetFilesMissing, archive_hint
 from .sources import EventSource, check_labels, data_root, loader_workers, offline
 from .transforms import RandomCrop
 
@@ -28,7 +28,7 @@ TRAIN_STEPS = 21       # 21 x 75 ms = 1.575 s
 CROP_PADDING = 4
 INPUT_SHAPE = (2, SIZE, SIZE)
 FOLDERS = {True: "ibmGestureTrain", False: "ibmGestureTest"}
-URL = ("https://research.ibm.com/interactive/dvsgesture/ (the .npy release tonic reads: "
+URL = ("http://research.ibm.com/dvsgesture/ (the .npy release tonic reads: "
        "https://figshare.com/ndownloader/files/38022171 = ibmGestureTrain.tar.gz, "
        "https://figshare.com/ndownloader/files/38020584 = ibmGestureTest.tar.gz)")
 EXPECTED_FILES = """\
@@ -61,7 +61,8 @@ def _source(root: str, train: bool) -> EventSource:
 
     folder = os.path.join(root, NAME, FOLDERS[train])
     if not _recordings_present(folder):
-        raise missing(root, f"no <user>/<label>.npy files in {folder}")
+        hint = archive_hint(os.path.dirname(folder), [FOLDERS[train] + ".tar.gz"])
+        raise missing(root, f"no <user>/<label>.npy files in {folder}" + hint)
     cls = offline(tonic.datasets.DVSGesture,
                   lambda ds: _recordings_present(os.path.join(ds.location_on_system, ds.folder_name)),
                   lambda: missing(root))

@@ -1,6 +1,8 @@
 """The one error raised when a dataset's files are not where tonic reads them."""
 from __future__ import annotations
 
+import os
+
 
 class DatasetFilesMissing(FileNotFoundError):
     """A dataset's files are missing under --data-path.
@@ -23,3 +25,9 @@ class DatasetFilesMissing(FileNotFoundError):
 
     def __str__(self) -> str:  # FileNotFoundError would otherwise format errno/filename
         return self.args[0]
+
+
+def archive_hint(folder: str, archives) -> str:
+    """' (found X: extract it in FOLDER)' when a downloaded archive sits there unextracted."""
+    found = [name for name in archives if os.path.isfile(os.path.join(folder, name))]
+    return f"; found {', '.join(found)}: extract it in {folder}" if found else ""

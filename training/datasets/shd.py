@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .cache import Recordings, cache_dir, cached
-from .errors import DatasetFilesMissing
+from .errors import DatasetFilesMissing, archive_hint
 from .sources import EventSource, check_labels, data_root, loader_workers, offline
 
 NAME = "SHD"
@@ -61,7 +61,7 @@ def _source(root: str, train: bool) -> EventSource:
 
     path = os.path.join(root, NAME, FILES[train])
     if not os.path.isfile(path):
-        raise missing(root, f"no {path}")
+        raise missing(root, f"no {path}" + archive_hint(os.path.dirname(path), [FILES[train] + ".zip"]))
     try:
         with h5py.File(path, "r") as f:
             labels = np.asarray(f["labels"][()], dtype=np.int64)
