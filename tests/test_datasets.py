@@ -367,3 +367,17 @@ def test_random_crop_and_normalize():
         normalize(frames, (1.0,), (1.0,))
     with pytest.raises(ValueError, match="frames"):
         random_crop(frames[0], 2)
+
+
+def test_datasets_batch_in_loader_workers(data):
+    """Items cross into worker processes (picklable views over the cache) and stack into batches."""
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    for module, shape in ((dvs_gesture, (21, 2, 32, 32)), (cifar10dvs, (10, 2, 48, 48))):
+        ds = module.build(args_for(data), True)
+        assert len(pickle.dumps(ds)) < 100_000  # a view over the cache, not the frames
+        x, y = next(iter(DataLoader(ds, batch_size=4, shuffle=True, num_workers=2)))
+        assert tuple(x.shape) == (4, *shape) and x.dtype == torch.float32
+        assert y.dtype == torch.int64 and y.shape == (4,)
