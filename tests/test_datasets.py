@@ -381,3 +381,10 @@ def test_datasets_batch_in_loader_workers(data):
         x, y = next(iter(DataLoader(ds, batch_size=4, shuffle=True, num_workers=2)))
         assert tuple(x.shape) == (4, *shape) and x.dtype == torch.float32
         assert y.dtype == torch.int64 and y.shape == (4,)
+
+
+def test_unwritable_cache_says_so(tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder goes")
+    with pytest.raises(OSError, match="--data-path must be writable"):
+        cache_mod.FrameCache.write(str(blocker / "SHD" / "train-x"), {}, EventSource(None, [], [], None))

@@ -67,7 +67,11 @@ class FrameCache:
     def write(cls, directory: str, params: dict, source, workers: int = 0, desc: str = "frames") -> "FrameCache":
         """Run `source[i] -> (frames ndarray [T, ...], label)` over every recording with `workers`
         loader processes, saving each result; recordings already on disk are not recomputed."""
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as error:
+            raise OSError(f"cannot create the frame cache {directory} ({error.strerror}): "
+                          "the folder given as --data-path must be writable") from None
         n = len(source)
         labels, lengths = [0] * n, [0] * n
         loader = DataLoader(_Writer(source, directory), batch_size=None, shuffle=False,
