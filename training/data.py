@@ -53,7 +53,11 @@ def build_dataset(args, train: bool) -> Dataset:
     reason = unavailable_reason(args.dataset)
     if reason is not None:
         raise SystemExit(f"error: {reason}")
-    return importlib.import_module(f"training.datasets.{spec.module}").build(args, train)
+    from .datasets import DatasetFilesMissing
+    try:
+        return importlib.import_module(f"training.datasets.{spec.module}").build(args, train)
+    except DatasetFilesMissing as missing:  # its message says what to put where: no traceback
+        raise SystemExit(f"error: {missing}") from None
 
 
 # ----------------------------------------------------------------------------- Digits
