@@ -151,9 +151,13 @@ def resolve_device(args) -> torch.device:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    from . import distributed
     from .runner import run  # heavy imports only once the flags are known good
 
-    run(args)
+    if distributed.launched():  # a process of `torchrun --nproc_per_node=N -m training ...`
+        distributed.run(args, run)
+    else:
+        run(args)
     return 0
 
 

@@ -1,8 +1,9 @@
 """One batch and one epoch of training or evaluation (SPEC section 6).
 
-The training modes differ only in when losses are taken and when the optimizer steps; every
-backward of a sequence goes through `backward()` below, told whether it is the last of that
-optimizer step, so a distributed wrapper can skip gradient sync for all but the last.
+The training modes differ only in when losses are taken and when the optimizer steps. A time step
+whose backward is not the last of its optimizer step runs, forward and backward, inside
+`sync_context(False)` (DDP's no_sync decides at the forward), so a distributed run all-reduces the
+gradients once per optimizer step.
 """
 from __future__ import annotations
 
@@ -82,15 +83,17 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         pred = 0
         for t in range(T):
-            with torch.set_grad_enabled(t >= first_loss):
+            last = online or t == T - 1
+            # DDP decides at the forward whether the next backward syncs: the context spans both
+            with self.sync_context(last), torch.set_grad_enabled(t >= first_loss):
                 out = model(x[t])
-            pred = pred + out.detach()
-            if t >= first_loss:
-                if online:
-                    opt.zero_grad(set_to_none=True)
-                self.backward(self.loss(out, labels), last=online or t == T - 1)
-                if online:
-                    opt.step()
+                pred = pred + out.detach()
+                if t >= first_loss:
+                    if online:
+                        opt.zero_grad(set_to_none=True)
+                    self.backward(self.loss(out, labels), last=True)
+                    if online:
+                        opt.step()
         if not online:
             opt.step()
         return pred
@@ -147,6 +150,6 @@ def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=
             log(f"{desc} [{i + 1}/{len(loader)}] loss {loss_sum / n:.4e} acc@1 {100.0 * correct1 / n:.2f} "
                 f"acc@5 {100.0 * correct5 / n:.2f}")
     bar.close()
-    n = max(n, 1)
+    samples, n = n, max(n, 1)
     return EpochResult(100.0 * correct1 / n, 100.0 * correct5 / n, loss_sum / n,
-                       time.perf_counter() - start, n)
+                       time.perf_counter() - start, samples)

@@ -64,12 +64,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run(args, is_main: bool = True, wrap_model: Optional[Callable] = None,
-        train_sampler_fn: Optional[Callable] = None) -> dict:
+        train_sampler_fn: Optional[Callable] = None, test_sampler_fn: Optional[Callable] = None,
+        reduce_result: Optional[Callable] = None) -> dict:
     """Run every trial of `args`; returns a summary (also written to save_path/summary.json).
 
     is_main / wrap_model / train_sampler_fn are the seams for a distributed launcher: only the
-    main process writes files; wrap_model(model) -> (model, sync_context) wraps for DDP.
+    main process writes files; wrap_model(model) -> (model, sync_context) wraps for DDP;
+    test_sampler_fn shards the test set; reduce_result(EpochResult) sums metrics over processes.
     """
+    reduce_result = reduce_result or (lambda result: result)
     device = resolve_device(args)
     log = setup_logging(args.save_path, to_console=is_main).info if is_main else (lambda *_: None)
     log(str(args))
@@ -80,7 +83,8 @@ def run(args, is_main: bool = True, wrap_model: Optional[Callable] = None,
     generator = torch.Generator()
     sampler = train_sampler_fn(train_set) if train_sampler_fn else None
     train_loader = make_loader(train_set, args.batch_size, True, workers, generator, sampler)
-    test_loader = make_loader(test_set, args.val_batch_size, False, workers)
+    test_loader = make_loader(test_set, args.val_batch_size, False, workers,
+                              sampler=test_sampler_fn(test_set) if test_sampler_fn else None)
     loss_fn = make_loss(args.loss, DATASETS[args.dataset].num_classes)
 
     resume = ckpt.load(args.resume, device) if args.resume else None
@@ -132,9 +136,11 @@ def run(args, is_main: bool = True, wrap_model: Optional[Callable] = None,
                 lr = optimizer.param_groups[0]["lr"]
                 tr = run_epoch(train_loader, device, loss_fn, trainer=trainer, desc=f"trial {trial} epoch {epoch}",
                                print_freq=args.print_freq, log=log, show_progress=is_main)
+                tr = reduce_result(tr)
                 log(f" @Training * Acc@1 {tr.acc1:.3f} Acc@5 {tr.acc5:.3f} ({tr.seconds:.1f} s)")
                 te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=args.step_mode,
                                desc="test", show_progress=is_main)
+                te = reduce_result(te)
                 log(f" @Testing * Acc@1 {te.acc1:.3f} Acc@5 {te.acc5:.3f}")
                 for name, value in (("train_acc", tr.acc1), ("train_loss", tr.loss), ("val_acc", te.acc1),
                                     ("val_loss", te.loss), ("val_acc5", te.acc5), ("lr", lr),

@@ -103,6 +103,9 @@ class Feedback:
         self.mode, self.num_classes = mode, num_classes
         self.onehot: Optional[Tensor] = None
         self.error: Optional[Tensor] = None
+        # The signal is a sum over the batch, not a mean; a distributed run sets this to the number
+        # of processes so that DDP's average of the per-process sums is the global batch's sum.
+        self.signal_scale = 1.0
 
     @property
     def active(self) -> bool:
@@ -124,6 +127,8 @@ class Feedback:
             err = torch.softmax(logits.float(), dim=-1) - self.onehot.to(logits.device)
             if self.mode == "sDFA":
                 err = torch.sign(err)
+            if self.signal_scale != 1.0:
+                err = err * self.signal_scale
             if logits.dim() == 3 and loss_steps is not None:
                 err[: max(0, logits.shape[0] - int(loss_steps))] = 0
         self.error = err

@@ -1,0 +1,163 @@
+"""Distributed training on CPU (Gloo, 2 processes on 127.0.0.1): the same weights as one process on
+the same global batch, one gradient all-reduce per optimizer step, files and logs from rank 0 only,
+test metrics summed over ranks."""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from training import distributed
+from training.engine import Trainer, predict, topk_correct
+from training.models import DEFAULT_ACTIVATION, build_model
+
+WORLD = 2
+STEPS, T, BATCH = 3, 6, 8  # optimizer steps, time steps, global batch
+# (name, arch, training mode, step mode, delay_ls, feedback)
+CASES = (
+    ("stllr", "digits_stllr", "stllr", "online", 4, "BP"),
+    ("stllr_sequence", "digits_stllr", "stllr", "sequence", 4, "BP"),
+    ("stllr_online", "digits_stllr", "stllr_online", "online", 2, "BP"),
+    ("stllr_dfa", "digits_stllr", "stllr", "online", 3, "DFA"),
+    ("bptt", "digits_bptt", "bptt", "online", 1, "BP"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def batches(seed: int = 0):
+    """STEPS global batches (x [T, BATCH, 64] spikes, labels [BATCH]), the same in every process."""
+    gen = torch.Generator().manual_seed(seed)
+    return [((torch.rand(T, BATCH, 64, generator=gen) < 0.3).float(), torch.randint(0, 10, (BATCH,), generator=gen))
+            for _ in range(STEPS)]
+
+
+def train(case, rank: int = 0, world: int = 1, ddp: bool = True):
+    """Train case's model for STEPS optimizer steps on this rank's contiguous share of each global
+    batch (through DDP when world > 1 and ddp); returns (state_dict, number of all-reduces)."""
+    _, arch, mode, step_mode, delay, feedback = case
+    torch.manual_seed(1)
+    args = argparse.Namespace(arch=arch, activation=DEFAULT_ACTIVATION, factors_stdp=[0.5, 0.8, 1.0, 1.0],
+                              pooling="MAX", feedback_mode=feedback)
+    model = build_model(args)
+    # SGD: the update is linear in the gradient, so equal gradients give equal weights to rounding
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    calls = [0]
+    train_model, sync = model, None
+    if world > 1 and ddp:
+        train_model, sync = distributed.wrap_model(model, torch.device("cpu"))
+
+        def counting_allreduce(state, bucket):
+            calls[0] += 1
+            work = dist.all_reduce(bucket.buffer().div_(world), async_op=True)
+            return work.get_future().then(lambda fut: fut.value()[0])
+
+        train_model.register_comm_hook(None, counting_allreduce)
+    trainer = Trainer(train_model, optimizer, F.cross_entropy, mode, step_mode, delay)
+    if sync is not None:
+        trainer.sync_context = sync
+    share = BATCH // world
+    for x, labels in batches():
+        rows = slice(rank * share, (rank + 1) * share)
+        trainer.train_batch(x[:, rows], labels[rows])
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, calls[0]
+
+
+def optimizer_steps(case) -> int:
+    _, _, mode, _, delay, _ = case
+    return STEPS * (min(delay, T) if mode == "stllr_online" else 1)
+
+
+def _join(rank: int, port: int) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+
+
+def _equivalence_worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    _join(rank, port)
+    try:
+        results = {case[0]: train(case, rank, WORLD) for case in CASES}
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ddp"))
+    mp.spawn(_equivalence_worker, args=(free_port(), out), nprocs=WORLD, join=True)
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_two_processes_match_one_on_the_global_batch(case, ddp_results):
+    single, _ = train(case)
+    initial = build_model(argparse.Namespace(arch=case[1], activation=DEFAULT_ACTIVATION,
+                                             factors_stdp=[0.5, 0.8, 1.0, 1.0], pooling="MAX",
+                                             feedback_mode=case[5]))
+    for rank in range(WORLD):
+        weights, calls = ddp_results[rank][case[0]]
+        # one all-reduce per optimizer step (the whole model fits one DDP bucket)
+        assert calls == optimizer_steps(case)
+        for name, value in single.items():
+            torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-5, msg=f"{case[0]} rank {rank} {name}")
+    # the comparison means something only if training moved the weights
+    assert any((single[k] - v).abs().max() > 1e-3 for k, v in initial.state_dict().items()
+               if k in single and v.is_floating_point())
+
+
+def test_half_batch_alone_differs(ddp_results):
+    """Control: one process on its half of the batch (no all-reduce) does not give those weights."""
+    case = CASES[0]
+    half, _ = train(case, rank=0, world=WORLD, ddp=False)
+    weights, _ = ddp_results[0][case[0]]
+    assert any(not torch.allclose(half[k], weights[k], rtol=1e-4, atol=1e-5) for k in half)
+
+
+# ----------------------------------------------------------------------------- the whole command
+
+def _cli_worker(rank: int, port: int, root: str) -> None:
+    """One torchrun process, by its environment variables, running `python -m training`."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from training.cli import main
+
+    # a different --save-path per rank shows who writes: only rank 0 may
+    main(["--dataset", "Digits", "--arch", "digits_stllr", "--epochs", "1", "--batch-size", "128",
+          "--val-batch-size", "64", "--delay-ls", "3", "--cpu", "--workers", "0",
+          "--save-path", os.path.join(root, f"rank{rank}")])
+
+
+def test_command_under_two_processes_writes_from_rank_0_and_reduces_metrics(tmp_path):
+    mp.spawn(_cli_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    assert not (tmp_path / "rank1").exists()
+    run = tmp_path / "rank0"
+    assert {"log.log", "checkpoint.pth.tar", "trial_1_history.csv", "summary.json"} <= set(os.listdir(run))
+    log = (run / "log.log").read_text()
+    assert log.count("Epoch 1...") == 1
+
+    # the logged test accuracy is over the whole test set, though each rank saw half of it
+    import json
+
+    from training.data import DigitsSpikes, pad_collate
+
+    summary = json.loads((run / "summary.json").read_text())
+    state = torch.load(run / "checkpoint.pth.tar", weights_only=False)
+    model = build_model(argparse.Namespace(**state["args"]))
+    model.load_state_dict(state["model"])
+    test_set = DigitsSpikes(False, seed=state["args"]["seed"])
+    x, labels = pad_collate([test_set[i] for i in range(len(test_set))])
+    correct, _ = topk_correct(predict(model, x), labels)
+    assert state["history"]["val_acc"][-1] == pytest.approx(100.0 * correct / len(test_set))
+    assert summary["trials"][0]["final_acc1"] == pytest.approx(100.0 * correct / len(test_set))

@@ -1,0 +1,211 @@
+"""Training on several processes (GPUs or CPU cores, one or many nodes), launched by torchrun.
+
+    torchrun --nproc_per_node=N -m training ...                  (one node)
+    torchrun --nnodes=M --nproc_per_node=N --rdzv_backend=c10d \
+             --rdzv_endpoint=HOST:PORT --rdzv_id=JOB -m training ...   (on every node)
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; a process that sees
+WORLD_SIZE > 1 joins the group (NCCL on GPUs, Gloo on CPU) and trains a DistributedDataParallel
+copy of the model on its share of each batch. `--batch-size` stays the global batch (the paper's
+hyperparameters hold whatever the number of processes); each process takes batch-size / N.
+Only rank 0 logs and writes files; epoch metrics are summed over ranks before anyone reads them.
+
+S-TLLR takes several backward passes per optimizer step (one per step t >= T - delay_ls). DDP
+decides at each *forward* whether the next backward all-reduces, so `sync_context(last)` wraps a
+time step's forward and backward, and only the last of an optimizer step syncs: gradients are
+all-reduced once per optimizer step, holding the sum of that step's local contributions.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import replace
+from typing import Callable, ContextManager, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, Sampler
+
+
+# ----------------------------------------------------------------------------- process group
+
+def launched() -> bool:
+    """True in a process started by torchrun (or anything setting its variables) with N > 1."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """The process that logs and writes files (rank 0; the only one when not distributed)."""
+    return rank() == 0
+
+
+def init(args) -> torch.device:
+    """Join the group of torchrun's variables; sets args.device to this process's device.
+
+    GPUs: one per process, cuda:LOCAL_RANK, NCCL. CPU (--cpu, or no GPU): Gloo.
+    """
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise SystemExit(f"error: distributed run: environment variable {name} is not set "
+                             "(start the processes with torchrun)")
+    use_cuda = torch.cuda.is_available() and not args.cpu and not (args.device or "").startswith("cpu")
+    if use_cuda:
+        if local_rank() >= torch.cuda.device_count():
+            raise SystemExit(f"error: LOCAL_RANK {local_rank()} but only {torch.cuda.device_count()} GPUs "
+                             "on this node: --nproc_per_node must not exceed the GPU count")
+        args.device = f"cuda:{local_rank()}"
+        torch.cuda.set_device(args.device)
+    else:
+        args.device = "cpu"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return torch.device(args.device)
+
+
+def per_process_batches(args) -> None:
+    """--batch-size is global: each process takes an equal share (required to divide evenly, so
+    that the average of the processes' gradients is the gradient of the global batch)."""
+    n = world_size()
+    if args.batch_size % n:
+        raise SystemExit(f"error: --batch-size {args.batch_size} (the global batch) must be divisible by "
+                         f"the number of processes {n}")
+    args.batch_size //= n
+    args.val_batch_size = max(1, -(-args.val_batch_size // n))
+
+
+def main_first(fn: Callable[[], object]):
+    """Run `fn` on rank 0 first (e.g. building the dataset cache) while the others wait; then on
+    the others (which find the cache). If rank 0 fails, every rank exits with its message."""
+    if not active():
+        return fn()
+    failure = [None]
+    if is_main():
+        try:
+            result = fn()
+        except SystemExit as exc:
+            failure[0] = str(exc.code)
+            dist.broadcast_object_list(failure, src=0)
+            raise
+        except BaseException as exc:
+            failure[0] = f"error: rank 0 failed: {type(exc).__name__}: {exc}"
+            dist.broadcast_object_list(failure, src=0)
+            raise
+        dist.broadcast_object_list(failure, src=0)
+        return result
+    dist.broadcast_object_list(failure, src=0)
+    if failure[0] is not None:
+        raise SystemExit(failure[0])
+    return fn()
+
+
+# ----------------------------------------------------------------------------- model and data
+
+class _DDP(DistributedDataParallel):
+    """DDP that also answers the wrapped model's own attributes (reset_states, feedback, ...)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
+
+
+def wrap_model(model: torch.nn.Module, device: torch.device):
+    """(DDP copy of `model`, sync_context) for the engine's Trainer.
+
+    broadcast_buffers=False: the layers' states (membrane, traces) are plain attributes, reset
+    per sequence on every rank; the only buffers (DFA feedback matrices) are equal on every rank
+    from the start (DDP's constructor broadcasts rank 0's parameters and buffers once).
+    DDP averages gradients over processes, which is the global batch's gradient for losses that
+    are batch means; the DFA signal is a batch sum, so it is scaled by the number of processes.
+    """
+    feedback = getattr(model, "feedback", None)
+    if feedback is not None and feedback.active:  # DFA's per-sample sum: see Feedback.signal_scale
+        feedback.signal_scale = float(world_size())
+    ddp = _DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+               broadcast_buffers=False)
+
+    def sync_context(last: bool) -> ContextManager:
+        return contextlib.nullcontext() if last else ddp.no_sync()
+
+    return ddp, sync_context
+
+
+def train_sampler(dataset, seed: int) -> DistributedSampler:
+    """This rank's shuffled share; every rank gets the same number of samples (the sampler repeats
+    a few when the dataset does not divide evenly), so every rank takes the same number of steps."""
+    return DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
+
+
+class ShardSampler(Sampler):
+    """Evaluation: rank r takes items r, r+N, r+2N, ... (each item exactly once over all ranks;
+    shares may differ by one, which is fine as evaluation has no collective ops)."""
+
+    def __init__(self, dataset):
+        self.indices = list(range(rank(), len(dataset), world_size()))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def reduce_result(result, device: torch.device):
+    """An engine EpochResult over all ranks: counts and sums added, the slowest rank's time."""
+    if not active():
+        return result
+    n = result.samples
+    totals = torch.tensor([result.acc1 * n / 100, result.acc5 * n / 100, result.loss * n, n],
+                          dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    seconds = torch.tensor([result.seconds], dtype=torch.float64, device=device)
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    c1, c5, loss_sum, total = totals.tolist()
+    total_n = max(int(round(total)), 1)
+    return replace(result, acc1=100.0 * c1 / total_n, acc5=100.0 * c5 / total_n, loss=loss_sum / total_n,
+                   seconds=float(seconds), samples=int(round(total)))
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run(args, runner: Optional[Callable] = None) -> dict:
+    """`python -m training` in one process of a torchrun group."""
+    from .data import build_dataset
+
+    if runner is None:
+        from .runner import run as runner
+    device = init(args)
+    try:
+        global_batch, n = args.batch_size, world_size()
+        per_process_batches(args)
+        if is_main():
+            print(f"distributed: {n} processes ({dist.get_backend()}), global batch {global_batch} "
+                  f"= {args.batch_size} per process", flush=True)
+        # rank 0 computes the frame cache; the others then only read it
+        main_first(lambda: (build_dataset(args, True), build_dataset(args, False)))
+        return runner(args, is_main=is_main(), wrap_model=lambda model: wrap_model(model, device),
+                      train_sampler_fn=lambda dataset: train_sampler(dataset, args.seed),
+                      test_sampler_fn=ShardSampler,
+                      reduce_result=lambda result: reduce_result(result, device))
+    finally:
+        if active():
+            dist.destroy_process_group()
