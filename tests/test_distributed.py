@@ -46,7 +46,7 @@ def train(case, rank: int = 0, world: int = 1, ddp: bool = True):
     """Train case's model for STEPS optimizer steps on this rank's contiguous share of each global
     batch (through DDP when world > 1 and ddp); returns (state_dict, number of all-reduces)."""
     _, arch, mode, step_mode, delay, feedback = case
-    torch.manual_seed(1)
+    torch.manual_seed(1 + rank)  # other ranks start elsewhere: DDP must give them rank 0's model
     args = argparse.Namespace(arch=arch, activation=DEFAULT_ACTIVATION, factors_stdp=[0.5, 0.8, 1.0, 1.0],
                               pooling="MAX", feedback_mode=feedback)
     model = build_model(args)

@@ -18,6 +18,7 @@ all-reduced once per optimizer step, holding the sum of that step's local contri
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from dataclasses import replace
 from typing import Callable, ContextManager, Iterator, Optional
@@ -131,17 +132,22 @@ class _DDP(DistributedDataParallel):
 def wrap_model(model: torch.nn.Module, device: torch.device):
     """(DDP copy of `model`, sync_context) for the engine's Trainer.
 
-    broadcast_buffers=False: the layers' states (membrane, traces) are plain attributes, reset
-    per sequence on every rank; the only buffers (DFA feedback matrices) are equal on every rank
-    from the start (DDP's constructor broadcasts rank 0's parameters and buffers once).
+    No buffer sync at each forward (broadcast_buffers=False, forward_sync_buffers=False in newer
+    torch): the layers' states (membrane, traces) are plain attributes, reset per sequence on
+    every rank, and the only buffers (DFA feedback matrices) never change, so rank 0's are
+    broadcast once here (DDP's constructor broadcasts the parameters).
     DDP averages gradients over processes, which is the global batch's gradient for losses that
     are batch means; the DFA signal is a batch sum, so it is scaled by the number of processes.
     """
     feedback = getattr(model, "feedback", None)
     if feedback is not None and feedback.active:  # DFA's per-sample sum: see Feedback.signal_scale
         feedback.signal_scale = float(world_size())
-    ddp = _DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-               broadcast_buffers=False)
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                      else {"broadcast_buffers": False})
+    ddp = _DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **no_buffer_sync)
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
     def sync_context(last: bool) -> ContextManager:
         return contextlib.nullcontext() if last else ddp.no_sync()
