@@ -40,7 +40,11 @@ def unavailable_reason(name: str) -> Optional[str]:
     spec = DATASETS[name]
     if spec.module is None:
         return None
-    if importlib.util.find_spec(f"training.datasets.{spec.module}") is None:
+    try:
+        found = importlib.util.find_spec(f"training.datasets.{spec.module}") is not None
+    except ModuleNotFoundError:  # no training/datasets package at all
+        found = False
+    if not found:
         return (f"dataset {name} is not yet available in this version "
                 f"(its pipeline training/datasets/{spec.module}.py is missing)")
     return None
