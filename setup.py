@@ -14,6 +14,8 @@ setup(
     install_requires=["torch>=2.1", "numpy", "tqdm", "matplotlib", "scikit-learn"],
     extras_require={
         "test": ["pytest", "triton"],
-        "data": ["tonic", "h5py"],
+        # tonic reads the datasets; aedat is the .aedat4 reader tonic's CIFAR10DVS imports but does
+        # not declare
+        "data": ["tonic", "h5py", "aedat"],
     },
 )

@@ -23,7 +23,8 @@ from .config import (DEFAULT_LEAK, DEFAULT_PSI_CONV, DEFAULT_PSI_LINEAR, DEFAULT
                      RuleConfig)
 from .functional import ConvGeometry, ReadoutSequence, ReadoutStep, STLLRSequence, STLLRStep
 from .psi import apply_psi, check_psi, check_reset
-from .reference import beta_of, pre_trace, standardize_weight, state_dtype, theta_of
+from .backends import get_ops
+from .reference import beta_of, standardize_weight, state_dtype, theta_of
 
 __all__ = ["LinearSTLLR", "LinearRecSTLLR", "Conv2dSTLLR", "SpikingDropout", "LIF", "WSLinear",
            "WSConv2d", "LinearRecLIF", "LeakyReadout", "reset_states", "spike_fn"]
@@ -76,13 +77,11 @@ def _check_input(layer: nn.Module, x, feature_shape: Sequence[Optional[int]]) ->
     if x.dtype != weight.dtype:
         raise TypeError(f"{cls}: input x has dtype {x.dtype} but the layer's weight has {weight.dtype}")
     n = len(feature_shape)
-    if x.dim() not in (n + 1, n + 2):
+    wrong_rank = x.dim() not in (n + 1, n + 2)
+    if wrong_rank or any(want is not None and got != want
+                         for got, want in zip(x.shape[x.dim() - n:], feature_shape)):
         raise ValueError(f"{cls}: input x must have shape [B, {_fmt(feature_shape)}] (one step) or "
                          f"[T, B, {_fmt(feature_shape)}] (a sequence), got {tuple(x.shape)}")
-    for got, want in zip(x.shape[x.dim() - n:], feature_shape):
-        if want is not None and got != want:
-            raise ValueError(f"{cls}: input x must have shape [..., {_fmt(feature_shape)}], "
-                             f"got {tuple(x.shape)}")
     return x.dim() == n + 2
 
 
@@ -120,7 +119,8 @@ class _STLLRMixin(_Stateful):
     def _beta_theta(self):
         # the fused step treats leak and threshold as constants, as the original does
         with torch.no_grad():
-            return beta_of(self.leak.float()), theta_of(self.threshold.float())
+            dtype = state_dtype(self.leak.dtype)
+            return beta_of(self.leak.to(dtype)), theta_of(self.threshold.to(dtype))
 
     def _rule_repr(self) -> str:
         r = self.rule
@@ -235,7 +235,7 @@ class LinearRecSTLLR(LinearSTLLR):
             x, self.effective_weight(), self.bias, self.effective_weight_rec(), s_prev.to(x.dtype),
             trrec, v, trpost, trpre, beta, theta, self.rule, None)
         self.s_prev = s.detach().to(s_prev.dtype)
-        self.trrec = pre_trace(trrec, self.s_prev, self.rule.lambda_pre)
+        self.trrec = get_ops(x.device).pre_trace(trrec, self.s_prev, self.rule.lambda_pre)
         return s
 
 

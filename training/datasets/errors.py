@@ -1,0 +1,33 @@
+"""The one error raised when a dataset's files are not where tonic reads them."""
+from __future__ import annotations
+
+import os
+
+
+class DatasetFilesMissing(FileNotFoundError):
+    """A dataset's files are missing under --data-path.
+
+    The message alone says what to do (which files, where, where to get them), so the command line
+    prints it without a traceback. Raised instead of letting tonic try a download, which on an
+    offline machine would hang or fail deep inside urllib.
+    """
+
+    def __init__(self, dataset: str, root: str, expected: str, url: str, detail: str = ""):
+        self.dataset = dataset
+        self.root = root
+        lines = [
+            f"{dataset}: dataset files not found under {root}" + (f" ({detail})" if detail else "") + ".",
+            "Expected layout:",
+            *("  " + line for line in expected.strip("\n").splitlines()),
+            f"Get them from {url} and place them as above (--data-path {root}); nothing is downloaded.",
+        ]
+        super().__init__("\n".join(lines))
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise format errno/filename
+        return self.args[0]
+
+
+def archive_hint(folder: str, archives) -> str:
+    """' (found X: extract it in FOLDER)' when a downloaded archive sits there unextracted."""
+    found = [name for name in archives if os.path.isfile(os.path.join(folder, name))]
+    return f"; found {', '.join(found)}: extract it in {folder}" if found else ""

@@ -1,0 +1,78 @@
+"""Event recordings read through tonic, offline, in a fixed order.
+
+tonic's dataset classes download their archive whenever it is absent, even when the extracted files
+are already on disk. `offline()` makes a subclass (same class name, so the same folder under
+--data-path) whose presence check looks at the extracted files only and whose download raises
+DatasetFilesMissing at once.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import DatasetFilesMissing
+
+
+def offline(tonic_class: type, is_present: Callable[[object], bool], missing: Callable[[], DatasetFilesMissing]):
+    """Subclass `tonic_class` that never downloads: `is_present(self)` replaces its check and a
+    download attempt raises `missing()`."""
+
+    def _check_exists(self):
+        return is_present(self)
+
+    def download(self):
+        raise missing()
+
+    # the class name is the folder tonic reads under save_to: keep it
+    return type(tonic_class.__name__, (tonic_class,), {"_check_exists": _check_exists, "download": download})
+
+
+class EventSource:
+    """Recording i of a tonic dataset (in `order`), turned into a numpy frame array by `to_frames`.
+
+    This is the expensive path (file read + event binning) that the frame cache runs once per
+    recording; `label(i)` answers from the index without reading any events.
+    """
+
+    def __init__(self, dataset, order: Sequence[int], labels: Sequence[int], to_frames: Callable):
+        if len(order) != len(labels):
+            raise ValueError(f"order ({len(order)}) and labels ({len(labels)}) differ in length")
+        self.dataset = dataset
+        self.order = list(order)
+        self.labels = [int(label) for label in labels]
+        self.to_frames = to_frames
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def label(self, i: int) -> int:
+        return self.labels[i]
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        events, target = self.dataset[self.order[i]]
+        if int(target) != self.labels[i]:
+            raise RuntimeError(f"recording {self.order[i]}: label {target} read, {self.labels[i]} indexed")
+        return self.to_frames(events), self.labels[i]
+
+
+def data_root(args) -> str:
+    """--data-path, checked: the folder that holds each dataset's folder (and the frame cache)."""
+    root = getattr(args, "data_path", None)
+    if not root:
+        raise ValueError("--data-path is required: the folder holding the dataset folders (SHD/, DVSGesture/, CIFAR10DVS/)")
+    return os.path.expanduser(str(root))
+
+
+def loader_workers(args) -> int:
+    workers = int(getattr(args, "workers", 0) or 0)
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    return workers
+
+
+def check_labels(dataset: str, labels: Sequence[int], num_classes: int) -> None:
+    bad = sorted({int(v) for v in labels if not 0 <= int(v) < num_classes})
+    if bad:
+        raise ValueError(f"{dataset}: labels {bad[:5]} outside 0..{num_classes - 1}")
