@@ -164,3 +164,43 @@ def test_digits_dataset_is_fixed_and_rate_coded():
     assert torch.equal(DigitsSpikes(False)[3][0], x)  # the test encoding never changes
     xb, yb = pad_collate([(torch.ones(3, 64), 1), (torch.ones(5, 64), 2)])
     assert xb.shape == (5, 2, 64) and xb[3:, 0].sum() == 0 and yb.tolist() == [1, 2]
+
+
+def test_dataset_table_matches_the_pipelines():
+    import importlib
+
+    from training.data import DATASETS, unavailable_reason
+    for name, spec in DATASETS.items():
+        if spec.module is None or unavailable_reason(name):
+            continue
+        module = importlib.import_module(f"training.datasets.{spec.module}")
+        assert (module.NAME, tuple(module.INPUT_SHAPE), module.NUM_CLASSES) == (name, spec.frame_shape,
+                                                                              spec.num_classes)
+
+
+def test_shd_end_to_end_on_a_tiny_recording_set(tmp_path):
+    """`python -m training`'s SHD path, on the datasets helper's tiny real-format files."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("tonic")
+    import dataset_fixtures as fx
+    from training.data import unavailable_reason
+    if unavailable_reason("SHD"):
+        pytest.skip(unavailable_reason("SHD"))
+    data = fx.write_shd(str(tmp_path / "data"))
+    summary = run_cli(["--arch", "stllr_shd_net", "--dataset", "SHD", "--data-path", data, "--epochs", "1",
+                       "--batch-size", "3", "--val-batch-size", "3", "--delay-ls", "90", "--workers", "0",
+                       "--factors-stdp", "0.5", "1", "1", "1", "--save-path", str(tmp_path / "run"),
+                       "--step-mode", "sequence"])
+    assert summary["trials"][0]["final_acc1"] is not None
+    assert (tmp_path / "run" / "trial_1_val_acc.npy").is_file()
+
+
+def test_missing_dataset_files_is_a_message_not_a_traceback(tmp_path, capsys):
+    from training.cli import main
+    from training.data import unavailable_reason
+    if unavailable_reason("SHD"):
+        pytest.skip(unavailable_reason("SHD"))
+    assert main(["--arch", "stllr_shd_net", "--dataset", "SHD", "--data-path", str(tmp_path),
+                 "--save-path", str(tmp_path / "run"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: SHD" in err and "Traceback" not in err

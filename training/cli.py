@@ -153,7 +153,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from .runner import run  # heavy imports only once the flags are known good
 
-    run(args)
+    try:
+        run(args)
+    except FileNotFoundError as exc:  # a dataset's files missing: its message says what to do
+        if type(exc).__name__ != "DatasetFilesMissing":
+            raise
+        sys.stderr.write(f"python -m training: error: {exc}\n")
+        return 2
     return 0
 
 
