@@ -19,5 +19,9 @@ $(VENV)/.installed: setup.py requirements-dev.txt
 test: venv
 	$(PY) -m pytest -q tests
 
+# the embedded main job: S-TLLR vs BPTT on scikit-learn's digits, table + plot in experiments/demo
+demo: venv
+	$(PY) -m training.demo
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -217,22 +217,26 @@ class LinearRecSTLLR(LinearSTLLR):
         if _check_input(self, x, (self.in_features,)):
             # the recurrence forbids one GEMM over T: step through, keeping nothing before the loss steps
             save_from = _save_from(x, loss_steps)
+            # standardize once per sequence, not once per step (same gradients: autograd sums
+            # the steps' weight gradients before the standardization's backward)
+            weights = (self.effective_weight(), self.effective_weight_rec())
             outs = []
             for t in range(x.shape[0]):
                 with torch.set_grad_enabled(torch.is_grad_enabled() and t >= save_from):
-                    outs.append(self._step(x[t]))
+                    outs.append(self._step(x[t], weights))
             return torch.stack(outs)
         return self._step(x)
 
-    def _step(self, x: Tensor) -> Tensor:
+    def _step(self, x: Tensor, weights=None) -> Tensor:
         batch = x.shape[0]
         shape_n = (batch, self.out_features)
         v, trpost = self._state("v", shape_n, x), self._state("trpost", shape_n, x)
         trpre = self._state("trpre", (batch, self.in_features), x)
         s_prev, trrec = self._state("s_prev", shape_n, x), self._state("trrec", shape_n, x)
         beta, theta = self._beta_theta()
+        weight, weight_rec = weights or (self.effective_weight(), self.effective_weight_rec())
         s, self.v, self.trpost, self.trpre = STLLRStep.apply(
-            x, self.effective_weight(), self.bias, self.effective_weight_rec(), s_prev.to(x.dtype),
+            x, weight, self.bias, weight_rec, s_prev.to(x.dtype),
             trrec, v, trpost, trpre, beta, theta, self.rule, None)
         self.s_prev = s.detach().to(s_prev.dtype)
         self.trrec = get_ops(x.device).pre_trace(trrec, self.s_prev, self.rule.lambda_pre)

@@ -46,7 +46,6 @@ PAPER_COMMANDS = {
                      "--trials 5 --epochs 200 --lr 0.0002 --label-encoding one-hot --feedback-mode DFA",
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASET_OF = {"gesture": "DVSGesture", "cifar": "CIFAR10DVS", "shd": "SHD"}
 
 
 def command(name: str, data_path, save_path, **overrides) -> list:
@@ -116,17 +115,31 @@ def test_paper_command_one_epoch(name, tiny, tmp_path, capsys):
     assert ("trial_1_model_best.pth.tar" in files) == (state["best_acc1"] > 0)
 
 
-@pytest.mark.parametrize("dataset", sorted(DATASET_OF.values()))
-def test_missing_files_one_message_no_traceback(dataset, tmp_path):
-    """An existing but empty --data-path: the dataset's message on stderr, exit status 1."""
-    name = {"DVSGesture": "gesture_stllr", "CIFAR10DVS": "cifar_stllr", "SHD": "shd_stllr_bp"}[dataset]
-    argv = command(name, tmp_path, tmp_path / "run", **{"--epochs": 1, "--trials": 1})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, *sys.path])}
-    env["OMP_NUM_THREADS"] = "1"
+MISSING_RUN = {"DVSGesture": "gesture_stllr", "CIFAR10DVS": "cifar_stllr", "SHD": "shd_stllr_bp"}
+
+
+def expected_message(dataset: str, data_path) -> str:
+    return f"python -m training: error: {dataset}: dataset files not found under {data_path}"
+
+
+@pytest.mark.parametrize("dataset", sorted(MISSING_RUN))
+def test_missing_files_say_what_to_put_where(dataset, tmp_path, capsys):
+    """An existing but empty --data-path: the dataset's message, exit status 2, no traceback."""
+    argv = command(MISSING_RUN[dataset], tmp_path, tmp_path / "run", **{"--epochs": 1, "--trials": 1})
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    message = err[err.index(expected_message(dataset, tmp_path)):]
+    assert "Expected layout:" in message and message.rstrip().endswith("nothing is downloaded.")
+    assert "Traceback" not in err
+
+
+def test_missing_files_in_a_real_process(tmp_path):
+    """What the user sees: the message as the last thing on stderr, no traceback, status 2."""
+    argv = command("cifar_bptt", tmp_path, tmp_path / "run", **{"--epochs": 1, "--trials": 1})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, *sys.path]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "training", *argv], capture_output=True, text=True,
                           timeout=120, env=env)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    message = proc.stderr[proc.stderr.index(f"error: {dataset}: "):]
-    assert message.startswith(f"error: {dataset}: dataset files not found under {tmp_path}")
-    assert "Expected layout:" in message and message.rstrip().endswith("nothing is downloaded.")
+    message = proc.stderr[proc.stderr.index(expected_message("CIFAR10DVS", tmp_path)):]
+    assert message.rstrip().endswith("nothing is downloaded.")

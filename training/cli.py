@@ -154,10 +154,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import distributed
     from .runner import run  # heavy imports only once the flags are known good
 
-    if distributed.launched():  # a process of `torchrun --nproc_per_node=N -m training ...`
-        distributed.run(args, run)
-    else:
-        run(args)
+    try:
+        if distributed.launched():  # a process of `torchrun --nproc_per_node=N -m training ...`
+            distributed.run(args, run)
+        else:
+            run(args)
+    except FileNotFoundError as exc:  # a dataset's files missing: its message says what to do
+        if type(exc).__name__ != "DatasetFilesMissing":
+            raise
+        sys.stderr.write(f"python -m training: error: {exc}\n")
+        return 2
     return 0
 
 

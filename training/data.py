@@ -40,7 +40,11 @@ def unavailable_reason(name: str) -> Optional[str]:
     spec = DATASETS[name]
     if spec.module is None:
         return None
-    if importlib.util.find_spec(f"training.datasets.{spec.module}") is None:
+    try:
+        found = importlib.util.find_spec(f"training.datasets.{spec.module}") is not None
+    except ModuleNotFoundError:  # no training/datasets package at all
+        found = False
+    if not found:
         return (f"dataset {name} is not yet available in this version "
                 f"(its pipeline training/datasets/{spec.module}.py is missing)")
     return None
@@ -53,11 +57,7 @@ def build_dataset(args, train: bool) -> Dataset:
     reason = unavailable_reason(args.dataset)
     if reason is not None:
         raise SystemExit(f"error: {reason}")
-    from .datasets import DatasetFilesMissing
-    try:
-        return importlib.import_module(f"training.datasets.{spec.module}").build(args, train)
-    except DatasetFilesMissing as missing:  # its message says what to put where: no traceback
-        raise SystemExit(f"error: {missing}") from None
+    return importlib.import_module(f"training.datasets.{spec.module}").build(args, train)
 
 
 # ----------------------------------------------------------------------------- Digits

@@ -92,26 +92,23 @@ def per_process_batches(args) -> None:
 
 def main_first(fn: Callable[[], object]):
     """Run `fn` on rank 0 first (e.g. building the dataset cache) while the others wait; then on
-    the others (which find the cache). If rank 0 fails, every rank exits with its message."""
+    the others (which find the cache). If rank 0 fails, it raises (and reports) the error; the
+    others stop with one line instead of waiting forever."""
     if not active():
         return fn()
-    failure = [None]
+    failed = [False]
     if is_main():
         try:
             result = fn()
-        except SystemExit as exc:
-            failure[0] = str(exc.code)
-            dist.broadcast_object_list(failure, src=0)
+        except BaseException:
+            failed[0] = True
+            dist.broadcast_object_list(failed, src=0)
             raise
-        except BaseException as exc:
-            failure[0] = f"error: rank 0 failed: {type(exc).__name__}: {exc}"
-            dist.broadcast_object_list(failure, src=0)
-            raise
-        dist.broadcast_object_list(failure, src=0)
+        dist.broadcast_object_list(failed, src=0)
         return result
-    dist.broadcast_object_list(failure, src=0)
-    if failure[0] is not None:
-        raise SystemExit(failure[0])
+    dist.broadcast_object_list(failed, src=0)
+    if failed[0]:
+        raise SystemExit(f"error: rank {rank()}: stopped, as rank 0 failed to prepare the data (its message says why)")
     return fn()
 
 
@@ -176,19 +173,22 @@ class ShardSampler(Sampler):
 
 
 def reduce_result(result, device: torch.device):
-    """An engine EpochResult over all ranks: counts and sums added, the slowest rank's time."""
+    """An engine EpochResult over all ranks: counts and sums added; the slowest rank's time and
+    the largest rank's memory peak."""
     if not active():
         return result
     n = result.samples
     totals = torch.tensor([result.acc1 * n / 100, result.acc5 * n / 100, result.loss * n, n],
                           dtype=torch.float64, device=device)
     dist.all_reduce(totals)
-    seconds = torch.tensor([result.seconds], dtype=torch.float64, device=device)
-    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    peaks = torch.tensor([result.seconds, getattr(result, "saved_peak_mb", 0.0)], dtype=torch.float64,
+                         device=device)
+    dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
     c1, c5, loss_sum, total = totals.tolist()
     total_n = max(int(round(total)), 1)
+    extra = {"saved_peak_mb": peaks[1].item()} if hasattr(result, "saved_peak_mb") else {}
     return replace(result, acc1=100.0 * c1 / total_n, acc5=100.0 * c5 / total_n, loss=loss_sum / total_n,
-                   seconds=float(seconds), samples=int(round(total)))
+                   seconds=peaks[0].item(), samples=int(round(total)), **extra)
 
 
 # ----------------------------------------------------------------------------- the run

@@ -109,6 +109,32 @@ def predict(model: torch.nn.Module, x: Tensor, step_mode: str = "online") -> Ten
         return sum(model(x[t]) for t in range(x.shape[0]))
 
 
+class SavedTensorMeter:
+    """Peak bytes held for backward by autograd (every tensor a Function saved), over a block.
+
+    Measures what S-TLLR saves (one step at a time online) against BPTT (every step), on any
+    device; a tensor saved twice counts twice, so it is an upper bound.
+    """
+
+    def __init__(self):
+        self.current = self.peak = 0
+
+    class _Held:
+        __slots__ = ("tensor", "nbytes", "meter")
+
+        def __init__(self, tensor, meter):
+            self.tensor, self.meter = tensor, meter
+            self.nbytes = tensor.numel() * tensor.element_size()
+            meter.current += self.nbytes
+            meter.peak = max(meter.peak, meter.current)
+
+        def __del__(self):
+            self.meter.current -= self.nbytes
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(lambda t: self._Held(t, self), lambda h: h.tensor)
+
+
 def topk_correct(pred: Tensor, labels: Tensor, ks=(1, 5)) -> list:
     """Number of samples whose label is among the top-k predictions, for each k."""
     top = pred.topk(min(max(ks), pred.shape[1]), dim=1).indices
@@ -123,6 +149,7 @@ class EpochResult:
     loss: float
     seconds: float
     samples: int
+    saved_peak_mb: float = 0.0
 
 
 def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=None,
@@ -134,11 +161,13 @@ def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=
     start = time.perf_counter()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
+    meter = SavedTensorMeter()
     bar = tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True)
     for i, (x, labels) in enumerate(bar):
         x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if trainer is not None:
-            pred = trainer.train_batch(x, labels)
+            with meter.hooks():
+                pred = trainer.train_batch(x, labels)
         else:
             pred = predict(model, x, step_mode)
         with torch.no_grad():
@@ -152,4 +181,4 @@ def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=
     bar.close()
     samples, n = n, max(n, 1)
     return EpochResult(100.0 * correct1 / n, 100.0 * correct5 / n, loss_sum / n,
-                       time.perf_counter() - start, samples)
+                       time.perf_counter() - start, samples, meter.peak / 2 ** 20)

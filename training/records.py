@@ -35,7 +35,7 @@ def write_history(save_path: str, trial: int, history: dict) -> None:
     """trial_{k}_{train_acc,val_acc,train_loss,val_loss}.npy as the original, plus a CSV and a PNG."""
     for name in CURVES:
         np.save(os.path.join(save_path, f"trial_{trial}_{name}.npy"), np.array(history[name]))
-    columns = ["epoch", *CURVES, "val_acc5", "lr", "train_seconds"]
+    columns = ["epoch", *CURVES, "val_acc5", "lr", "train_seconds", "saved_peak_mb"]
     with open(os.path.join(save_path, f"trial_{trial}_history.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)

@@ -73,6 +73,7 @@ def run(args, is_main: bool = True, wrap_model: Optional[Callable] = None,
     test_sampler_fn shards the test set; reduce_result(EpochResult) sums metrics over processes.
     """
     reduce_result = reduce_result or (lambda result: result)
+    started = time.perf_counter()
     device = resolve_device(args)
     log = setup_logging(args.save_path, to_console=is_main).info if is_main else (lambda *_: None)
     log(str(args))
@@ -100,7 +101,7 @@ def run(args, is_main: bool = True, wrap_model: Optional[Callable] = None,
         if trial == 1 and is_main:
             log(f"Total Parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
             log(f"=== Model ===\n{model}")
-        history = {name: [] for name in (*CURVES, "val_acc5", "lr", "train_seconds")}
+        history = {name: [] for name in (*CURVES, "val_acc5", "lr", "train_seconds", "saved_peak_mb")}
         best, start_epoch = 0.0, 1
         if resume is not None and resume["trial"] == trial:
             model.load_state_dict(resume["model"])
@@ -137,14 +138,15 @@ def run(args, is_main: bool = True, wrap_model: Optional[Callable] = None,
                 tr = run_epoch(train_loader, device, loss_fn, trainer=trainer, desc=f"trial {trial} epoch {epoch}",
                                print_freq=args.print_freq, log=log, show_progress=is_main)
                 tr = reduce_result(tr)
-                log(f" @Training * Acc@1 {tr.acc1:.3f} Acc@5 {tr.acc5:.3f} ({tr.seconds:.1f} s)")
+                log(f" @Training * Acc@1 {tr.acc1:.3f} Acc@5 {tr.acc5:.3f} ({tr.seconds:.1f} s, "
+                    f"peak saved for backward {tr.saved_peak_mb:.1f} MB)")
                 te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=args.step_mode,
                                desc="test", show_progress=is_main)
                 te = reduce_result(te)
                 log(f" @Testing * Acc@1 {te.acc1:.3f} Acc@5 {te.acc5:.3f}")
                 for name, value in (("train_acc", tr.acc1), ("train_loss", tr.loss), ("val_acc", te.acc1),
                                     ("val_loss", te.loss), ("val_acc5", te.acc5), ("lr", lr),
-                                    ("train_seconds", tr.seconds)):
+                                    ("train_seconds", tr.seconds), ("saved_peak_mb", tr.saved_peak_mb)):
                     history[name].append(value)
                 if te.acc1 > best:
                     best = te.acc1
@@ -169,8 +171,10 @@ def run(args, is_main: bool = True, wrap_model: Optional[Callable] = None,
             "trial": trial, "best_acc1": best, "final_acc1": history["val_acc"][-1] if history["val_acc"] else None,
             "seconds_per_epoch": (sum(history["train_seconds"]) / len(history["train_seconds"])
                                   if history["train_seconds"] else None),
-            "peak_memory_mb": peak_memory_mb(device)})
+            "peak_memory_mb": peak_memory_mb(device),
+            "saved_for_backward_peak_mb": max(history["saved_peak_mb"], default=0.0)})
         resume = None
+    summary["run_seconds"] = time.perf_counter() - started
     summary["memory_kind"] = "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"
     if is_main:
         with open(os.path.join(args.save_path, "summary.json"), "w") as f:

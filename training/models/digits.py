@@ -15,7 +15,7 @@ from stllr_kernels.nn import LIF, LinearSTLLR, WSLinear
 from .base import SpikingModel
 from .common import FeedbackHook, init_weights, stllr_psi, surrogate_psi
 
-HIDDEN = 256
+HIDDEN = 512
 LEAK = 2.0
 
 

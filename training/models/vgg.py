@@ -27,13 +27,15 @@ class VGGSTLLR(SpikingModel):
     """Conv2dSTLLR layers; DFA/sDFA hooks after each conv block (after its pooling)."""
 
     def __init__(self, in_channels: int, height: int, width: int, num_classes: int,
-                 activation: str, factors, pooling: str, dropout: float, feedback_mode: str = "BP"):
+                 activation: str, factors, pooling: str, dropout: float, feedback_mode: str = "BP",
+                 channel_scale: float = 1.0):
         self.input_shape, self.num_classes = (in_channels, height, width), num_classes
         super().__init__(feedback_mode)
         psi = stllr_psi(activation)
         self.convs, self.drops, self.pools, self.hooks = (nn.ModuleList() for _ in range(4))
         channels, h, w = in_channels, height, width
         for out, pool in VGG_LAYERS:
+            out = max(1, int(out * channel_scale))  # < 1: a narrower copy (quick tests)
             self.convs.append(Conv2dSTLLR(channels, out, 3, 1, 1, leak=VGG_LEAK, factors=factors, **psi))
             self.drops.append(SpikingDropout(dropout))
             self.pools.append(make_pool(pooling) if pool else nn.Identity())

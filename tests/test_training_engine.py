@@ -1,0 +1,206 @@
+"""Training modes, optimizers, a whole run with its files, exact resume and Ctrl-C."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+import training.runner as runner
+from training import checkpoint as ckpt
+from training.cli import OPTIMIZERS, parse_args
+from training.engine import Trainer, make_loss
+from training.models import build_model
+
+
+class RandomSpikes(Dataset):
+    """Digits-shaped samples whose spikes are drawn on every access (from torch's global RNG,
+    like the Digits training set), with unequal lengths to exercise the padding collate."""
+
+    def __init__(self, n: int, train: bool):
+        gen = torch.Generator().manual_seed(7 if train else 8)
+        self.rates = torch.rand(n, 64, generator=gen)
+        self.labels = torch.randint(0, 10, (n,), generator=gen)
+        self.lengths = torch.randint(5, 9, (n,), generator=gen)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return (torch.rand(int(self.lengths[i]), 64) < self.rates[i]).float(), int(self.labels[i])
+
+
+@pytest.fixture
+def tiny_data(monkeypatch):
+    monkeypatch.setattr(runner, "build_dataset", lambda args, train: RandomSpikes(24 if train else 10, train))
+
+
+def batch(seed, steps=6, size=4):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(steps, size, 64, generator=gen) < 0.3).float(), torch.randint(0, 10, (size,), generator=gen)
+
+
+MODES = [("digits_stllr", "stllr", "online", "BP"), ("digits_stllr", "stllr", "sequence", "BP"),
+         ("digits_stllr", "stllr_online", "online", "BP"), ("digits_stllr", "bptt", "online", "BP"),
+         ("digits_stllr", "bptt", "sequence", "BP"), ("digits_stllr", "stllr", "online", "DFA"),
+         ("digits_stllr", "stllr", "sequence", "sDFA"), ("digits_stllr", "stllr_online", "online", "sDFA"),
+         ("digits_bptt", "bptt", "online", "BP"), ("digits_bptt", "bptt", "sequence", "BP")]
+
+
+@pytest.mark.parametrize("arch,mode,step_mode,feedback", MODES, ids=["-".join(m) for m in MODES])
+def test_training_modes_change_the_weights(arch, mode, step_mode, feedback, seed):
+    torch.manual_seed(seed)
+    args = parse_args(["--dataset", "Digits", "--arch", arch, "--training-mode", mode, "--step-mode", step_mode,
+                       "--feedback-mode", feedback, "--delay-ls", "3"])
+    model, optimizer, _ = runner.setup_trial(args, torch.device("cpu"))
+    before = copy.deepcopy(model.state_dict())
+    trainer = Trainer(model, optimizer, make_loss("CE", 10), mode, step_mode, 3)
+    for i in range(2):
+        x, y = batch(seed + i)
+        pred = trainer.train_batch(x, y)
+        assert pred.shape == (4, 10) and not pred.requires_grad
+    moved = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("linear1.weight" in k for k in moved) and any("classifier.weight" in k for k in moved), moved
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("loss", ["CE", "MSE", "BCE"])
+def test_every_optimizer_and_loss_steps(optimizer, loss, seed):
+    torch.manual_seed(seed)
+    args = parse_args(["--dataset", "Digits", "--arch", "digits_stllr", "--optimizer", optimizer, "--loss", loss,
+                       "--weight-decay", "1e-4"])
+    model, opt, _ = runner.setup_trial(args, torch.device("cpu"))
+    w = model.linear1.weight.detach().clone()
+    Trainer(model, opt, make_loss(loss, 10), "stllr", "online", 3).train_batch(*batch(seed))
+    assert not torch.equal(w, model.linear1.weight)
+
+
+def run_cli(argv):
+    return runner.run(parse_args(argv))
+
+
+def flags(save, *extra):
+    return ["--dataset", "Digits", "--arch", "digits_stllr", "--batch-size", "8", "--val-batch-size", "5",
+            "--save-path", str(save), "--scheduler", "3", "--delay-ls", "3", "--print-freq", "1", *extra]
+
+
+def test_run_writes_the_originals_files_and_more(tmp_path, tiny_data):
+    summary = run_cli(flags(tmp_path, "--epochs", "2", "--trials", "2"))
+    for trial in (1, 2):
+        for name in ("train_acc", "val_acc", "train_loss", "val_loss"):
+            assert np.load(tmp_path / f"trial_{trial}_{name}.npy").shape == (2,)
+        assert (tmp_path / f"trial_{trial}_model_best.pth.tar").is_file()
+        assert (tmp_path / f"trial_{trial}_curves.png").stat().st_size > 1000
+        assert len((tmp_path / f"trial_{trial}_history.csv").read_text().splitlines()) == 3
+    best = torch.load(tmp_path / "trial_1_model_best.pth.tar", weights_only=False)
+    assert set(best) == {"epoch", "state_dict", "best_acc1", "optimizer"}
+    assert "Acc@1" in (tmp_path / "log.log").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["trials"][1]["trial"] == 2
+    assert len(summary["trials"]) == 2
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_resume_gives_the_uninterrupted_result(tmp_path, tiny_data):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run_cli(flags(whole, "--epochs", "3"))
+    run_cli(flags(part, "--epochs", "2"))
+    run_cli(flags(part, "--epochs", "3", "--resume", str(part / ckpt.RESUME_NAME)))
+    a = torch.load(whole / ckpt.RESUME_NAME, weights_only=False)
+    b = torch.load(part / ckpt.RESUME_NAME, weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["history"]["val_acc"] == b["history"]["val_acc"]
+    assert a["history"]["train_loss"] == b["history"]["train_loss"]
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data, monkeypatch):
+    real = runner.run_epoch
+    calls = {"n": 0}
+
+    def interrupt_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # train, test of epoch 1, then train of epoch 2
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_epoch", interrupt_in_second_epoch)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(flags(tmp_path, "--epochs", "3"))
+    assert exc.value.code == 130
+    state = torch.load(tmp_path / ckpt.RESUME_NAME, weights_only=False)
+    assert state["partial"] and state["epoch"] == 1 and state["trial"] == 1
+    monkeypatch.setattr(runner, "run_epoch", real)
+    summary = run_cli(flags(tmp_path, "--epochs", "3", "--resume", str(tmp_path / ckpt.RESUME_NAME)))
+    assert len(np.load(tmp_path / "trial_1_val_acc.npy")) == 3 and summary["trials"][0]["best_acc1"] >= 0
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "c.pth"
+    ckpt.save_atomic({"a": 1}, str(path))
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        ckpt.save_atomic({"a": Unpicklable()}, str(path))
+    assert torch.load(path, weights_only=False) == {"a": 1}
+    assert os.listdir(tmp_path) == ["c.pth"]
+
+
+def test_digits_dataset_is_fixed_and_rate_coded():
+    from training.data import DigitsSpikes, pad_collate
+    train, test = DigitsSpikes(True), DigitsSpikes(False)
+    assert len(train) + len(test) == 1797 and abs(len(test) - 360) < 5
+    x, y = test[3]
+    assert x.shape == (20, 64) and set(x.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(DigitsSpikes(False)[3][0], x)  # the test encoding never changes
+    xb, yb = pad_collate([(torch.ones(3, 64), 1), (torch.ones(5, 64), 2)])
+    assert xb.shape == (5, 2, 64) and xb[3:, 0].sum() == 0 and yb.tolist() == [1, 2]
+
+
+def test_dataset_table_matches_the_pipelines():
+    import importlib
+
+    from training.data import DATASETS, unavailable_reason
+    for name, spec in DATASETS.items():
+        if spec.module is None or unavailable_reason(name):
+            continue
+        module = importlib.import_module(f"training.datasets.{spec.module}")
+        assert (module.NAME, tuple(module.INPUT_SHAPE), module.NUM_CLASSES) == (name, spec.frame_shape,
+                                                                              spec.num_classes)
+
+
+def test_shd_end_to_end_on_a_tiny_recording_set(tmp_path):
+    """`python -m training`'s SHD path, on the datasets helper's tiny real-format files."""
+    pytest.importorskip("h5py")
+    pytest.importorskip("tonic")
+    import dataset_fixtures as fx
+    from training.data import unavailable_reason
+    if unavailable_reason("SHD"):
+        pytest.skip(unavailable_reason("SHD"))
+    data = fx.write_shd(str(tmp_path / "data"))
+    summary = run_cli(["--arch", "stllr_shd_net", "--dataset", "SHD", "--data-path", data, "--epochs", "1",
+                       "--batch-size", "3", "--val-batch-size", "3", "--delay-ls", "90", "--workers", "0",
+                       "--factors-stdp", "0.5", "1", "1", "1", "--save-path", str(tmp_path / "run"),
+                       "--step-mode", "sequence"])
+    assert summary["trials"][0]["final_acc1"] is not None
+    assert (tmp_path / "run" / "trial_1_val_acc.npy").is_file()
+
+
+def test_missing_dataset_files_is_a_message_not_a_traceback(tmp_path, capsys):
+    from training.cli import main
+    from training.data import unavailable_reason
+    if unavailable_reason("SHD"):
+        pytest.skip(unavailable_reason("SHD"))
+    assert main(["--arch", "stllr_shd_net", "--dataset", "SHD", "--data-path", str(tmp_path),
+                 "--save-path", str(tmp_path / "run"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: SHD" in err and "Traceback" not in err

@@ -1,0 +1,121 @@
+"""Every architecture builds and learns one step; step and sequence modes agree; DFA hooks work."""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.data import DATASETS
+from training.engine import Trainer
+from training.models import ACTIVATIONS, ARCHS, build_model
+from training.models.common import stllr_psi
+from training.models.vgg import VGGSTLLR
+
+from stllr_kernels.psi import PSI_FUNCTIONS
+
+
+def make_args(arch, **kw):
+    base = dict(arch=arch, activation="LinearSpike", factors_stdp=[0.2, 0.75, -1.0, 1.0], pooling="MAX",
+                feedback_mode="BP")
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def random_input(arch, steps, batch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shape = DATASETS[ARCHS[arch].dataset].frame_shape
+    return (torch.rand(steps, batch, *shape, generator=gen) < 0.3).float()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_arch_steps_forward_and_backward(arch, seed):
+    torch.manual_seed(seed)
+    model = build_model(make_args(arch))
+    spec = DATASETS[ARCHS[arch].dataset]
+    x = random_input(arch, 1, 1, seed)[0]
+    model.reset_states()
+    logits = model(x)
+    assert logits.shape == (1, spec.num_classes)
+    F.cross_entropy(logits, torch.tensor([spec.num_classes - 1])).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads[-2:])  # the head always learns
+    assert any(float(g.abs().sum()) > 0 for g in grads if g is not None)
+
+
+def test_alias_and_layer_settings():
+    assert ARCHS["dvscifar10_vgg11_stllr"] is ARCHS["dvscifar10_vgg_stllr"]
+    shd = build_model(make_args("stllr_shd_net"))
+    assert float(shd.linear1.leak) == 5.0 and shd.linear1.rule.psi == "fast_sigmoid"
+    assert shd.last_layer.accumulate and float(shd.last_layer.leak) == 5.0
+    assert shd.last_layer.factors == (0.0, 0.99, 0.0, 1.0)
+    assert float(build_model(make_args("bptt_shd_net")).linear1.lif.leak) == 15.0
+    assert all(b.abs().sum() == 0 for n, b in shd.named_parameters() if n.endswith("bias"))
+
+
+def test_activation_table_maps_onto_psi():
+    assert set(ACTIVATIONS) == {"Surrogate", "LinearSpike", "STLLRConv2dGradNormOut", "STLLRConv2dGradExp",
+                                "STLLRConv2dSigmoid", "GradSigmoid", "STLLRLinearRecGradNorm",
+                                "STLLRLinearRecGradSigmoid"}
+    assert all(a.psi in PSI_FUNCTIONS for a in ACTIVATIONS.values())
+    assert stllr_psi("STLLRConv2dGradNormOut") == {"psi": "triangle", "post": "spike"}
+    assert stllr_psi("LinearSpike")["psi"] is None  # each layer keeps its own default, as the original
+    vgg = build_model(make_args("dvs_vgg_stllr", activation="STLLRConv2dSigmoid"))
+    assert {c.rule.psi for c in vgg.convs} == {"sigmoid"}
+    vgg = build_model(make_args("dvs_vgg_stllr"))
+    assert {c.rule.psi for c in vgg.convs} == {"triangle"} and float(vgg.convs[0].leak) == 0.0
+
+
+def _grads_after_batch(model, x, labels, step_mode, delay):
+    model = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model, opt, F.cross_entropy, "stllr", step_mode, delay)
+    torch.manual_seed(0)  # dropout masks
+    pred = trainer.train_batch(x, labels)
+    return model, pred
+
+
+@pytest.mark.parametrize("arch,feedback", [("digits_stllr", "BP"), ("digits_stllr", "DFA"),
+                                           ("stllr_shd_net", "BP"), ("stllr_shd_net", "sDFA"),
+                                           ("small_vgg", "BP"), ("small_vgg", "DFA")])
+def test_online_and_sequence_give_the_same_weights(arch, feedback, seed):
+    torch.manual_seed(seed)
+    if arch == "small_vgg":  # the CIFAR10-DVS VGG (dropout 0.1, AVG pooling), narrow, on 8x8 frames, to stay quick
+        model = VGGSTLLR(2, 8, 8, 10, "LinearSpike", [0.2, 0.5, -1, 1], "AVG", 0.1, feedback, channel_scale=1 / 16)
+        x = (torch.rand(4, 2, 2, 8, 8, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+    else:
+        model = build_model(make_args(arch, feedback_mode=feedback))
+        x = random_input(arch, 7, 3, seed)
+    batch = x.shape[1]
+    labels = torch.arange(batch) % model.num_classes
+    online, pred_online = _grads_after_batch(model, x, labels, "online", 3)
+    sequence, pred_sequence = _grads_after_batch(model, x, labels, "sequence", 3)
+    torch.testing.assert_close(pred_sequence, pred_online, atol=1e-4, rtol=1e-4)
+    changed = 0
+    for (name, p0), p1, p2 in zip(model.named_parameters(), online.parameters(), sequence.parameters()):
+        torch.testing.assert_close(p2, p1, atol=1e-5, rtol=1e-4, msg=name)
+        changed += int(not torch.equal(p0, p1))
+    assert changed >= 2
+
+
+def test_dfa_signal_is_the_projected_error(seed):
+    """The hooked layer's gradient equals that of (softmax(logits) - onehot) @ B fed in directly."""
+    torch.manual_seed(seed)
+    model = build_model(make_args("digits_stllr", feedback_mode="DFA"))
+    x = random_input("digits_stllr", 1, 4, seed)[0]
+    labels = torch.tensor([0, 3, 5, 9])
+    model.reset_states()
+    model.feedback.set_target(labels)
+    logits = model(x)
+    F.cross_entropy(logits, labels).backward()
+    dfa_grad = model.linear1.weight.grad.clone()
+    err = torch.softmax(logits.detach(), 1) - F.one_hot(labels, 10).float()
+    signal = err @ model.hook1.matrix
+    model.zero_grad()
+    model.reset_states()
+    model.feedback.set_target(None)
+    model.linear1(x).backward(signal)
+    torch.testing.assert_close(dfa_grad, model.linear1.weight.grad)
+    assert not model.hook1.matrix.requires_grad
