@@ -82,11 +82,39 @@ def _join(rank: int, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
 
 
+def _main_first_checks(rank: int) -> dict:
+    """main_first: rank 0's call ends before the others' begin; a failure of rank 0 stops them."""
+    import time
+
+    def prepare():
+        start = time.time()
+        if rank == 0:
+            time.sleep(0.3)
+        return start, time.time()
+
+    times = distributed.main_first(prepare)
+    spans = [None] * WORLD
+    dist.all_gather_object(spans, times)
+
+    def fail():
+        raise FileNotFoundError("no files")
+
+    try:
+        distributed.main_first(fail)
+        outcome = "returned"
+    except SystemExit as exc:
+        outcome = f"SystemExit {exc.code}"
+    except FileNotFoundError:
+        outcome = "FileNotFoundError"
+    return {"spans": spans, "failure": outcome}
+
+
 def _equivalence_worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     _join(rank, port)
     try:
         results = {case[0]: train(case, rank, WORLD) for case in CASES}
+        results["main_first"] = _main_first_checks(rank)
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -122,6 +150,34 @@ def test_half_batch_alone_differs(ddp_results):
     half, _ = train(case, rank=0, world=WORLD, ddp=False)
     weights, _ = ddp_results[0][case[0]]
     assert any(not torch.allclose(half[k], weights[k], rtol=1e-4, atol=1e-5) for k in half)
+
+
+def test_rank_0_prepares_first_and_its_failure_stops_the_others(ddp_results):
+    spans = ddp_results[0]["main_first"]["spans"]
+    rank0_end = spans[0][1]
+    assert all(start >= rank0_end for start, _ in spans[1:])
+    assert ddp_results[0]["main_first"]["failure"] == "FileNotFoundError"  # rank 0 reports it
+    for rank in range(1, WORLD):
+        outcome = ddp_results[rank]["main_first"]["failure"]
+        assert outcome.startswith(f"SystemExit error: rank {rank}: stopped") and "rank 0 failed" in outcome
+
+
+def test_global_batch_must_divide_among_processes(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    args = argparse.Namespace(batch_size=16, val_batch_size=5)
+    distributed.per_process_batches(args)
+    assert (args.batch_size, args.val_batch_size) == (4, 2)
+    with pytest.raises(SystemExit, match=r"--batch-size 18 \(the global batch\) must be divisible by .* 4"):
+        distributed.per_process_batches(argparse.Namespace(batch_size=18, val_batch_size=5))
+
+
+def test_single_process_is_not_distributed(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.launched() and distributed.is_main() and distributed.world_size() == 1
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not distributed.launched()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched()
 
 
 # ----------------------------------------------------------------------------- the whole command
