@@ -96,6 +96,7 @@ def test_paper_command_one_epoch(name, tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert " @Training * Acc@1 " in err and " @Testing * Acc@1 " in err, err[-2000:]
     assert "Best test accuracy per trial: [" in err
+    assert "trial 1 epoch 1 [1/1] loss " in err  # the tiny training set made one batch, as planned
 
     files = set(os.listdir(save))
     for curve in ("train_acc", "val_acc", "train_loss", "val_loss"):
