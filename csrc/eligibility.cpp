@@ -150,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_impl(
   const int64_t M = grad_s.size(0);
   const int64_t N = M > 0 ? grad_s.numel() / M : 0, K = M > 0 ? x.numel() / M : 0;
   Products p;
-  p.L = as_matrix(grad_s, M, N, grad_s, sd, "grad_s", "[B, C_out, H_out, W_out]");
+  p.L = as_matrix(grad_s.reshape({M, N}), M, N, grad_s, sd, "grad_s", "[B, C_out, H_out, W_out]");
   TORCH_CHECK(psi.sizes() == grad_s.sizes(), "psi: expected shape ", grad_s.sizes(), ", got ", psi.sizes());
   TORCH_CHECK(causal.sizes() == grad_s.sizes(), "causal: expected shape ", grad_s.sizes(), ", got ", causal.sizes());
   TORCH_CHECK(trpost_prev.sizes() == grad_s.sizes(), "trpost_prev: expected shape ", grad_s.sizes(), ", got ",
