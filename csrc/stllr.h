@@ -87,6 +87,39 @@ at::Tensor state_like(const at::Tensor& t, at::IntArrayRef shape, const at::Tens
                       c10::ScalarType dtype, const char* name);
 int64_t check_save_from(int64_t save_from, int64_t steps);
 
+// ---------------------------------------------------------------- launch preparation (ops.cpp)
+// Each op's launcher (CPU or CUDA) gets its inputs checked, converted and contiguous, and its outputs
+// allocated, from one of these; the kernels then only loop.
+
+struct LifStepBuffers {
+  at::Tensor current, v, trpost, beta, theta;  // inputs (beta, theta: 0-d, state dtype)
+  at::Tensor s, v_out, trpost_out, psi;        // outputs
+};
+LifStepBuffers prepare_lif_step(const at::Tensor& current, const at::Tensor& v, const at::Tensor& trpost,
+                                const at::Tensor& beta, const at::Tensor& theta, int64_t psi,
+                                int64_t reset, int64_t post);
+
+struct LifSequenceBuffers {
+  at::Tensor currents, beta, theta;             // inputs, currents viewed as [T, N]
+  at::Tensor v_state, trpost_state;             // fresh copies of v, trpost: updated in place
+  at::Tensor s, psi_saved, prev_saved;          // outputs
+  int64_t steps, neurons, save_from;
+};
+LifSequenceBuffers prepare_lif_sequence(const at::Tensor& currents, const at::Tensor& v,
+                                        const at::Tensor& trpost, const at::Tensor& beta,
+                                        const at::Tensor& theta, int64_t psi, int64_t reset,
+                                        int64_t post, int64_t save_from);
+
+struct TraceSequenceBuffers {
+  at::Tensor x;                // input [T, ...], contiguous
+  at::Tensor state, saved;     // state: a fresh copy of the trace, updated in place
+  int64_t steps, size, save_from;
+};
+TraceSequenceBuffers prepare_trace_sequence(const at::Tensor& x, const at::Tensor& trace, int64_t save_from);
+
+// pre_trace: returns {trpre (state dtype, contiguous), x (contiguous), output}.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_pre_trace(const at::Tensor& trpre, const at::Tensor& x);
+
 // ---------------------------------------------------------------- eligibility (eligibility.cpp)
 
 // The fused element-wise pass of the backward, over rows m < M of [M, N] and [M, K] operands, all
