@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test demo clean
+.PHONY: venv test cuda-check demo clean
 
 venv: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: setup.py requirements-dev.txt
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# compile-only check of csrc/cuda/*.cu with nvcc -arch=sm_90 (skipped, with a message, without nvcc)
+cuda-check: venv
+	$(PY) csrc/check_cuda_compiles.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
