@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <type_traits>
@@ -28,13 +29,13 @@ constexpr int64_t kGrainSize = 32768;
 // Psi(u), with the operations in the order of psi.py so float32 results match the reference.
 template <int PSI, typename T>
 C10_HOST_DEVICE inline T psi_of(T u) {
-  const T au = u < T(0) ? -u : u;
+  const T au = std::abs(u);
   if constexpr (PSI == kFastSigmoid) {
     const T d = T(1) + T(100) * au;
     return T(1) / (d * d);
   } else if constexpr (PSI == kTriangle) {
     const T r = T(1) - au;
-    return T(0.3) * (r > T(0) ? r : T(0));
+    return T(0.3) * std::max(r, T(0));  // NaN stays NaN, as in clamp(min=0)
   } else {
     const T sg = T(1) / (T(1) + std::exp(-(T(4) * u)));
     return T(4) * sg * (T(1) - sg);
@@ -48,7 +49,7 @@ struct LifUpdate {
   C10_HOST_DEVICE inline LifUpdate(T current, T v_prev, T trpost_prev, T beta, T theta, T lambda_post) {
     const T v_t = beta * v_prev + current;
     const T u = v_t - theta;
-    spike = u > T(0) ? T(1) : T(0);
+    spike = static_cast<T>(u > T(0));
     v = RESET == kSoft ? v_t - theta * spike : v_t * (T(1) - spike);
     psi = psi_of<PSI>(u);
     trpost = lambda_post * trpost_prev + (POST == kPostSpike ? spike : psi);
