@@ -8,7 +8,8 @@ TORCH_VERSION ?= 2.13.0
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py requirements-dev.txt
+# the C++/CUDA sources are prerequisites so that `make test` rebuilds the extension when they change
+$(VENV)/.installed: setup.py requirements-dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
