@@ -56,7 +56,8 @@ def _extension_setup():
                 if os.environ.get("STLLR_REQUIRE_EXTENSION", "0") not in ("", "0"):
                     raise
                 with open(BUILD_ERROR, "w") as f:
-                    f.write(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+                    f.write(f"{type(exc).__name__}: {exc} (the compiler's messages are in the build output: "
+                            f"`pip install -v --no-build-isolation -e .` shows them)\n\n{traceback.format_exc()}")
                 print(f"WARNING: the stllr C++ extension failed to build ({exc}); the cpu/cuda backends "
                       f"are unavailable, details in {BUILD_ERROR}", file=sys.stderr)
 
