@@ -136,7 +136,11 @@ def write_results(rows, args, load_before, load_after):
         "(higher is faster)",
         f"- load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f}. The 2 cores were "
         "shared with other jobs while this ran, so absolute times are noisy; each ratio comes from "
-        "back-to-back measurements in the same run.", "",
+        "back-to-back measurements in the same run.",
+        *([f"- WARNING: the load average exceeded the {os.cpu_count()} cores: multi-thread rows are then "
+           "dominated by OpenMP threads waiting for descheduled peers (both providers, erratically); judge "
+           "by the 1-thread rows and rerun on an idle machine."] if max(load_before[0], load_after[0]) > os.cpu_count() else []),
+        "",
         "| threads | op | shape | reference ms | cpu ms | reference / cpu | naive ms | naive / cpu |",
         "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -152,6 +156,10 @@ def write_results(rows, args, load_before, load_after):
                          + (f"{naive:.1f} | {naive / t['cpu']:.0f}x |" if naive else "| |"))
             for provider, ms in t.items():
                 writer.writerow([stamp, n_threads, name, shape, provider, f"{ms:.4f}", machine()])
+    slower = sorted({name.split()[0] for k, name, _, t in rows if k == 1 and t["reference"] < t["cpu"]})
+    lines += ["", f"Ops slower than the reference at 1 thread in this run: {', '.join(slower) or 'none'}. "
+              f"Ops for which the ext module runs the reference on CPU tensors (ext.CPU_REFERENCE_FALLBACK): "
+              f"{', '.join(sorted(ext.CPU_REFERENCE_FALLBACK)) or 'none'}."]
     with open(os.path.join(args.out, "cpu_ops.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, os.path.join(args.out, "cpu_ops.png"), stamp)
