@@ -223,6 +223,20 @@ def test_cpu_reference_fallback_is_only_taken_on_cpu(monkeypatch):
     assert calls == [expected]
 
 
+@needs_ext
+def test_empty_inputs(seed):
+    cfg = CONFIGS[0]
+    args = _lif_inputs((0, 5), torch.float32)
+    _assert_lif_close(ext.lif_step(*args, cfg), ref.lif_step(*args, cfg), torch.float32)
+    torch.testing.assert_close(ext.pre_trace(args[1], args[0], 0.5), ref.pre_trace(args[1], args[0], 0.5))
+    seq = torch.randn(3, 0, 4)
+    got = ext.lif_sequence(seq, torch.zeros(0, 4), torch.zeros(0, 4), *args[3:], cfg, 1)
+    assert [tuple(t.shape) for t in got] == [(3, 0, 4), (0, 4), (0, 4), (2, 0, 4), (2, 0, 4)]
+    grads = (torch.randn(0, 6), torch.rand(0, 6), torch.rand(0, 6), torch.rand(0, 6), torch.rand(0, 3),
+             torch.rand(0, 3), torch.randn(6, 3), -0.2, 1.0)
+    _close_grads(ext.linear_backward(*grads), ref.linear_backward(*grads), torch.float32, 1)
+
+
 # ----------------------------------------------------------------------------- errors and availability
 
 @needs_ext
