@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+from torch.nn.modules.utils import _pair
 
 pytest.importorskip("triton")
 
@@ -236,19 +237,20 @@ def test_linear_backward_rejects_bad_arguments():
 
 # (B, C_in, C_out, H, W, kernel, stride, padding, dilation, groups)
 CONV_SHAPES = [(1, 3, 5, 7, 6, 3, 1, 1, 1, 1), (2, 4, 34, 9, 8, 3, 2, 1, 1, 2),
-               (3, 2, 7, 5, 5, 2, 1, 0, 2, 1)]
+               (3, 2, 7, 5, 5, 2, 1, 0, 2, 1), (2, 6, 3, 8, 9, (3, 2), (2, 1), (1, 0), (1, 2), 1)]
 
 
 def conv_inputs(shape, dtype, strided):
     B, ci, co, H, W, k, st, pad, dil, g = shape
-    OH, OW = (H + 2 * pad - dil * (k - 1) - 1) // st + 1, (W + 2 * pad - dil * (k - 1) - 1) // st + 1
-    post = (B, co, OH, OW)
+    out_hw = [(size + 2 * p - d * (kk - 1) - 1) // s + 1
+              for size, kk, s, p, d in zip((H, W), _pair(k), _pair(st), _pair(pad), _pair(dil))]
+    post = (B, co, *out_hw)
     L = torch.randn(post, device=DEVICE).to(dtype)
     psi, prev = torch.rand(post, device=DEVICE), torch.rand(post, device=DEVICE)
     causal = (torch.rand(post, device=DEVICE) > 0.5).to(dtype)
     x = maybe_strided((B, ci, H, W), lambda s: (torch.rand(s, device=DEVICE) > 0.5).to(dtype), strided)
     trpre = 2 * torch.rand(B, ci, H, W, device=DEVICE)
-    weight = torch.randn(co, ci // g, k, k, device=DEVICE).to(dtype)
+    weight = torch.randn(co, ci // g, *_pair(k), device=DEVICE).to(dtype)
     return (L, psi, causal, prev, x, trpre, weight, st, pad, dil, g, -0.2, 0.9)
 
 
@@ -257,7 +259,7 @@ def conv_inputs(shape, dtype, strided):
 def test_conv_backward(seed, monkeypatch, method, dtype):
     monkeypatch.setenv(triton_conv.CONV_WGRAD_ENV, method)
     for i, shape in enumerate(CONV_SHAPES):
-        args = conv_inputs(shape, dtype, strided=i == 1)
+        args = conv_inputs(shape, dtype, strided=i in (1, 3))
         L = args[0]
         red = L.shape[0] * L.shape[2] * L.shape[3]
         for needs_x, needs_b in ((True, True), (False, False)):
