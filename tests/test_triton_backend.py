@@ -115,7 +115,8 @@ def test_lif_step(seed, psi, reset, post, dtype):
 
 def test_lif_step_without_psi_output(seed):
     beta, theta = scalars()
-    cur, v, tr = torch.randn(3, 5), torch.randn(3, 5), torch.rand(3, 5)
+    cur, v, tr = (torch.randn(3, 5, device=DEVICE), torch.randn(3, 5, device=DEVICE),
+                  torch.rand(3, 5, device=DEVICE))
     s, v_new, tr_new, psi = T.lif_step(cur, v, tr, beta, theta, cfg_of("sigmoid"), write_psi=False)
     want = R.lif_step(cur, v, tr, beta, theta, cfg_of("sigmoid"))
     assert psi is None and torch.equal(s, want[0])
@@ -210,7 +211,7 @@ def test_linear_backward(seed, variant, dtype):
 def test_linear_backward_accumulates_into_buffer(seed):
     B, N, K = 37, 33, 40
     L, psi, causal, prev, x, trpre, weight, ap, aq = linear_inputs((B,), N, K, torch.float32, "spike", False)
-    out, bias_out = torch.randn(N, K), torch.randn(N)
+    out, bias_out = torch.randn(N, K, device=DEVICE), torch.randn(N, device=DEVICE)
     want_w, want_b = out + R.linear_backward(L, psi, causal, prev, x, trpre, weight, ap, aq)[1], None
     want_b = bias_out + R.linear_backward(L, psi, causal, prev, x, trpre, weight, ap, aq)[2]
     got_w, got_b = eligibility_weight_grad(L, psi, causal, prev, x, trpre, ap, aq, out=out, bias_out=bias_out)
@@ -273,7 +274,7 @@ def test_conv_backward(seed, monkeypatch, method, dtype):
 
 def test_conv_implicit_gemm_accumulates(seed):
     L, psi, causal, prev, x, trpre, weight, st, pad, dil, g, ap, aq = conv_inputs(CONV_SHAPES[1], torch.float32, False)
-    out = torch.randn(weight.shape)
+    out = torch.randn(weight.shape, device=DEVICE)
     want = out + R.conv_backward(L, psi, causal, prev, x, trpre, weight, st, pad, dil, g, ap, aq)[1]
     got = triton_conv.conv_weight_grad_implicit(L, causal, prev, x, trpre, weight.shape, st, pad, dil, g,
                                                 ap, aq, out=out)
@@ -315,13 +316,14 @@ def run_layer(layer, xs, loss_steps, mode, backend_name, weights):
 
 LAYERS = {
     "linear": lambda: LinearSTLLR(37, 35, leak=0.5, factors=(0.5, 0.8, -0.2, 1.0)),
+    "linear_bf16": lambda: LinearSTLLR(37, 35, leak=0.5, psi="sigmoid"),
     "linear_spike_hard": lambda: LinearSTLLR(20, 9, leak=0.5, psi="triangle", reset_mechanism="hard",
                                              post="spike"),
     "recurrent": lambda: LinearRecSTLLR(19, 34, leak=0.5, psi="sigmoid"),
     "conv": lambda: Conv2dSTLLR(3, 6, 3, stride=1, padding=1, leak=0.0),
     "readout": lambda: LinearSTLLR(33, 5, leak=5.0, accumulate=True, factors=(0.0, 0.99, 0.0, 1.0)),
 }
-INPUTS = {"linear": (37,), "linear_spike_hard": (20,), "recurrent": (19,), "conv": (3, 6, 5),
+INPUTS = {"linear": (37,), "linear_bf16": (37,), "linear_spike_hard": (20,), "recurrent": (19,), "conv": (3, 6, 5),
           "readout": (33,)}
 
 
@@ -329,25 +331,26 @@ INPUTS = {"linear": (37,), "linear_spike_hard": (20,), "recurrent": (19,), "conv
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_layer_runs_match_torch_backend(seed, kind, mode):
     steps, loss_steps, batch = 4, 2, 3
-    layer = LAYERS[kind]()
-    xs = (torch.rand(steps, batch, *INPUTS[kind]) < 0.5).float() * 2.0
+    dtype = torch.bfloat16 if kind.endswith("bf16") else torch.float32
+    layer = LAYERS[kind]().to(device=DEVICE, dtype=dtype)
+    xs = ((torch.rand(steps, batch, *INPUTS[kind], device=DEVICE) < 0.5) * 2.0).to(dtype)
     with torch.no_grad():  # larger currents: the layers spike at some steps and not at others
         layer.weight.mul_(3.0)
     with torch.no_grad():
         probe = copy.deepcopy(layer)
         out_shape = probe(xs[0]).shape
-    weights = torch.randn(steps, *out_shape)  # a random linear loss per step
+    weights = torch.randn(steps, *out_shape, device=DEVICE)  # a random linear loss per step
     want_out, want_grads = run_layer(layer, xs, loss_steps, mode, "torch", weights)
     got_out, got_grads = run_layer(layer, xs, loss_steps, mode, "triton", weights)
     if kind == "readout":
-        close(got_out, want_out, torch.float32, xs.shape[-1])
+        close(got_out, want_out, dtype, xs.shape[-1])
     else:
         assert torch.equal(got_out, want_out), "spikes differ between backends"
         assert 0 < want_out.mean() < 1, "test inputs should make the layer spike sometimes"
     assert want_grads.keys() == got_grads.keys() and want_grads
     for name in want_grads:
         assert want_grads[name] is not None, name
-        close(got_grads[name], want_grads[name], torch.float32, batch * loss_steps * 64)
+        close(got_grads[name], want_grads[name], dtype, batch * loss_steps * 64)
 
 
 # ----------------------------------------------------------------------------- the GPU check script

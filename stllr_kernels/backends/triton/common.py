@@ -92,18 +92,19 @@ def gemm_configs(m: str, n: str, r: str):
 
 # ----------------------------------------------------------------------------- launcher helpers
 
-def dot_dtype(dtype: torch.dtype):
-    """(operand dtype of tl.dot, use IEEE fp32) for inputs of `dtype`; accumulation is always fp32.
+def dot_config(dtype: torch.dtype):
+    """(operand dtype of tl.dot, input_precision) for inputs of `dtype`; accumulation is fp32.
 
-    float32 follows torch's matmul setting (IEEE unless torch allows TF32). bf16/fp16 run on the
-    tensor cores in their own dtype, except bf16 in the interpreter: Triton 3.9's interpreter
-    computes bf16 tl.dot on the raw uint16 storage (garbage), so it takes the float32 path there.
+    float32 follows torch's matmul setting ("ieee" unless torch allows TF32, then "tf32" on the
+    tensor cores). bf16/fp16 run on the tensor cores in their own dtype (input_precision does not
+    apply to them), except bf16 in the interpreter: Triton 3.9's interpreter computes a bf16
+    tl.dot on the raw uint16 storage (garbage), so it takes the float32 path there.
     """
     if dtype == torch.float16:
-        return tl.float16, False
+        return tl.float16, "tf32"
     if dtype == torch.bfloat16 and not INTERPRETED:
-        return tl.bfloat16, False
-    return tl.float32, torch.get_float32_matmul_precision() == "highest"
+        return tl.bfloat16, "tf32"
+    return tl.float32, "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 def check_tensor(name: str, t, dtypes=(torch.float32, torch.bfloat16, torch.float16), shape=None,

@@ -27,7 +27,7 @@ import triton.language as tl
 from torch.nn.modules.utils import _pair
 
 from ...reference import state_dtype
-from .common import check_tensor, dot_dtype, elementwise_configs, gemm_configs
+from .common import check_tensor, dot_config, elementwise_configs, gemm_configs
 
 CONV_WGRAD_ENV = "STLLR_TRITON_CONV_WGRAD"
 CONV_WGRAD_METHODS = ("conv_weight", "implicit_gemm")
@@ -55,7 +55,8 @@ def _conv_products_kernel(
         tl.store(grads_ptr + n + offs, (alpha_pre * L * causal).to(g_ty), mask=mask)
 
 
-@triton.autotune(configs=gemm_configs("BLOCK_M", "BLOCK_N", "BLOCK_Q"), key=["CO_G", "CKK", "Q"],
+@triton.autotune(configs=gemm_configs("BLOCK_M", "BLOCK_N", "BLOCK_Q"),
+                 key=["CO_G", "CKK", "Q", "DOT_DTYPE", "INPUT_PRECISION"],
                  restore_value=["dw_ptr"])
 @triton.jit
 def _conv_wgrad_kernel(
@@ -165,8 +166,7 @@ def conv_weight_grad_implicit(grad_s, causal, trpost_prev, x, trpre, weight_shap
     CO_G, CKK, Q = CO // groups, CI_G * KH * KW, B * OH * OW
     if out.numel() == 0:
         return out
-    dt, ieee = dot_dtype(x.dtype)
-    precision = "ieee" if ieee or dt != tl.float32 else "tf32"
+    dt, precision = dot_config(x.dtype)
     L, c, q = grad_s.contiguous(), causal.contiguous(), trpost_prev.contiguous()
     grid = lambda meta: (triton.cdiv(CO_G, meta["BLOCK_M"]), triton.cdiv(CKK, meta["BLOCK_N"]), groups)  # noqa: E731
     _conv_wgrad_kernel[grid](

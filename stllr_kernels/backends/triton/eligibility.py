@@ -17,10 +17,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_tensor, dot_dtype, gemm_configs
+from .common import check_tensor, dot_config, gemm_configs
 
 
-@triton.autotune(configs=gemm_configs("BLOCK_N", "BLOCK_K", "BLOCK_B"), key=["N", "K", "B"],
+@triton.autotune(configs=gemm_configs("BLOCK_N", "BLOCK_K", "BLOCK_B"),
+                 key=["N", "K", "B", "DOT_DTYPE", "INPUT_PRECISION"],
                  restore_value=["dw_ptr", "db_ptr"])
 @triton.jit
 def _eligibility_dw_kernel(
@@ -44,7 +45,7 @@ def _eligibility_dw_kernel(
     pid_n = tl.program_id(0).to(tl.int64)
     pid_k = tl.program_id(1).to(tl.int64)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rb = tl.arange(0, BLOCK_B)
+    rb = tl.arange(0, BLOCK_B).to(tl.int64)  # b * stride may pass 2^31 in the time-fused mode
     mask_n = rn < N
     if pid_k == tl.cdiv(K, BLOCK_K):
         if WRITE_DB:
@@ -86,7 +87,8 @@ def _eligibility_dw_kernel(
         tl.store(w_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=m_nk)
 
 
-@triton.autotune(configs=gemm_configs("BLOCK_B", "BLOCK_K", "BLOCK_N"), key=["B", "N", "K"])
+@triton.autotune(configs=gemm_configs("BLOCK_B", "BLOCK_K", "BLOCK_N"),
+                 key=["B", "N", "K", "DOT_DTYPE", "INPUT_PRECISION"])
 @triton.jit
 def _signal_dx_kernel(
     # pointers: L, psi [B, N], W [N, K], dx [B, K]
@@ -102,7 +104,7 @@ def _signal_dx_kernel(
     """dx = (L * psi) @ W with L * psi formed while loading (psi None means 1)."""
     rb = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rk = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    rn0 = tl.arange(0, BLOCK_N)
+    rn0 = tl.arange(0, BLOCK_N).to(tl.int64)
     mask_b = rb < B
     mask_k = rk < K
     acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
@@ -132,11 +134,6 @@ def _rows(name: str, t, features: Optional[int] = None, batch: Optional[int] = N
     return t2
 
 
-def _precision(dtype: torch.dtype):
-    dt, ieee = dot_dtype(dtype)
-    return dt, "ieee" if ieee or dt != tl.float32 else "tf32"
-
-
 def eligibility_weight_grad(grad_s, psi, causal, trpost_prev, x, trpre, alpha_post: float,
                             alpha_pre: float, out_dtype: torch.dtype = torch.float32,
                             need_bias: bool = True, out: Optional[torch.Tensor] = None,
@@ -160,7 +157,7 @@ def eligibility_weight_grad(grad_s, psi, causal, trpost_prev, x, trpre, alpha_po
     if N == 0 or (K == 0 and not need_bias):
         return out, bias_out
     has_post = trpost_prev is not None and alpha_post != 0.0
-    dt, precision = _precision(x.dtype)
+    dt, precision = dot_config(x.dtype)
     dummy = grad_s  # stands in for absent optional inputs (never read: their HAS_* is False)
     p, c, q = (psi if psi is not None else dummy, causal if causal is not None else dummy,
                trpost_prev if trpost_prev is not None else dummy)
@@ -186,7 +183,7 @@ def signal_grad(grad_s, psi, weight, out_dtype: torch.dtype):
     dx = torch.empty((B, K), dtype=out_dtype, device=grad_s.device)
     if B == 0 or K == 0:
         return dx
-    dt, precision = _precision(weight.dtype if weight.dtype != torch.float32 else grad_s.dtype)
+    dt, precision = dot_config(weight.dtype if weight.dtype != torch.float32 else grad_s.dtype)
     p = psi if psi is not None else grad_s
     grid = lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(K, meta["BLOCK_K"]))  # noqa: E731
     _signal_dx_kernel[grid](

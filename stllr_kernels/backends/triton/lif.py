@@ -64,5 +64,5 @@ def lif_step(current, v, trpost, beta, theta, cfg: RuleConfig, write_psi: bool =
             s, v_new, tr_new, psi if write_psi else v_new,
             n, float(cfg.lambda_post),
             PSI=PSI_CODES[cfg.psi], SOFT_RESET=cfg.reset == "soft", POST_SPIKE=cfg.post == "spike",
-            WRITE_PSI=write_psi)
+            WRITE_PSI=write_psi, enable_fp_fusion=False)  # no FMA: spikes bit-equal to the reference
     return s, v_new, tr_new, psi

@@ -90,5 +90,6 @@ def lif_sequence(currents, v, trpost, beta, theta, cfg: RuleConfig, save_from: i
             flat(currents), flat(v), flat(trpost), beta, theta,
             s, v_new, tr_new, psi, prev,
             n, T, save_from, float(cfg.lambda_post),
-            PSI=PSI_CODES[cfg.psi], SOFT_RESET=cfg.reset == "soft", POST_SPIKE=cfg.post == "spike")
+            PSI=PSI_CODES[cfg.psi], SOFT_RESET=cfg.reset == "soft", POST_SPIKE=cfg.post == "spike",
+            enable_fp_fusion=False)  # no FMA in beta * v + I: spikes bit-equal to the reference
     return s, v_new, tr_new, psi, prev
