@@ -168,7 +168,8 @@ def conv_weight_grad_implicit(grad_s, causal, trpost_prev, x, trpre, weight_shap
         return out
     dt, precision = dot_config(x.dtype)
     L, c, q = grad_s.contiguous(), causal.contiguous(), trpost_prev.contiguous()
-    grid = lambda meta: (triton.cdiv(CO_G, meta["BLOCK_M"]), triton.cdiv(CKK, meta["BLOCK_N"]), groups)  # noqa: E731
+    grid = lambda meta: (triton.cdiv(CO_G, meta["BLOCK_M"]),  # noqa: E731
+                         triton.cdiv(CKK, meta["BLOCK_N"]), groups)
     _conv_wgrad_kernel[grid](
         L, c, q, x.contiguous(), trpre.contiguous(), out,
         CI, H, W, CO, OH, OW, KH, KW, CI_G, CO_G, CKK, Q,
@@ -214,9 +215,11 @@ def _check_conv_args(grad_s, psi, causal, trpost_prev, x, trpre, weight, groups)
         raise ValueError(f"weight: expected [C_out, C_in / groups, kH, kW], got shape {tuple(weight.shape)}")
     if not isinstance(groups, int) or groups < 1 or x.shape[1] != weight.shape[1] * groups \
             or weight.shape[0] % groups:
-        raise ValueError(f"groups: {groups!r} does not fit x {tuple(x.shape)} and weight {tuple(weight.shape)}")
+        raise ValueError(f"groups: {groups!r} does not fit x {tuple(x.shape)} and weight "
+                         f"{tuple(weight.shape)}")
     check_tensor("grad_s", grad_s, device=x.device)
     if grad_s.dim() != 4 or grad_s.shape[:2] != (x.shape[0], weight.shape[0]):
-        raise ValueError(f"grad_s: expected [{x.shape[0]}, {weight.shape[0]}, OH, OW], got {tuple(grad_s.shape)}")
+        raise ValueError(f"grad_s: expected [{x.shape[0]}, {weight.shape[0]}, OH, OW], "
+                         f"got {tuple(grad_s.shape)}")
     for name, t in (("psi", psi), ("causal", causal), ("trpost_prev", trpost_prev)):
         check_tensor(name, t, shape=grad_s.shape, device=x.device)

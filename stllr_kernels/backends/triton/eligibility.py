@@ -20,6 +20,12 @@ import triton.language as tl
 from .common import check_tensor, dot_config, gemm_configs
 
 
+@triton.jit
+def _tile(ptr, rows, cols, s_row, s_col, mask):
+    """The [rows, cols] tile of a strided 2-D tensor, zeros outside `mask`."""
+    return tl.load(ptr + rows[:, None] * s_row + cols[None, :] * s_col, mask=mask, other=0.0)
+
+
 @triton.autotune(configs=gemm_configs("BLOCK_N", "BLOCK_K", "BLOCK_B"),
                  key=["N", "K", "B", "DOT_DTYPE", "INPUT_PRECISION"],
                  restore_value=["dw_ptr", "db_ptr"])
@@ -53,9 +59,9 @@ def _eligibility_dw_kernel(
             for b0 in range(0, B, BLOCK_B):
                 b = b0 + rb
                 m = mask_n[:, None] & (b[None, :] < B)
-                g = tl.load(l_ptr + rn[:, None] * s_ln + b[None, :] * s_lb, mask=m, other=0.0).to(tl.float32)
+                g = _tile(l_ptr, rn, b, s_ln, s_lb, m).to(tl.float32)
                 if HAS_PSI:
-                    g = g * tl.load(psi_ptr + rn[:, None] * s_pn + b[None, :] * s_pb, mask=m, other=0.0).to(tl.float32)
+                    g = g * _tile(psi_ptr, rn, b, s_pn, s_pb, m).to(tl.float32)
                 db += tl.sum(g, axis=1)
             if ACCUMULATE:
                 db += tl.load(db_ptr + rn * s_db, mask=mask_n, other=0.0).to(tl.float32)
@@ -68,17 +74,16 @@ def _eligibility_dw_kernel(
             b = b0 + rb
             m_nb = mask_n[:, None] & (b[None, :] < B)   # post-side tiles, loaded as [N, B]
             m_bk = (b[:, None] < B) & mask_k[None, :]   # pre-side tiles [B, K]
-            L = tl.load(l_ptr + rn[:, None] * s_ln + b[None, :] * s_lb, mask=m_nb, other=0.0).to(tl.float32)
-            if HAS_PRE:
+            L = _tile(l_ptr, rn, b, s_ln, s_lb, m_nb).to(tl.float32)
+            if HAS_PRE:  # alpha_pre * (L * causal)^T trpre
                 g = L * alpha_pre
                 if HAS_CAUSAL:
-                    g = g * tl.load(causal_ptr + rn[:, None] * s_cn + b[None, :] * s_cb, mask=m_nb, other=0.0).to(tl.float32)
-                tr = tl.load(tr_ptr + b[:, None] * s_tb + rk[None, :] * s_tk, mask=m_bk, other=0.0)
+                    g = g * _tile(causal_ptr, rn, b, s_cn, s_cb, m_nb).to(tl.float32)
+                tr = _tile(tr_ptr, b, rk, s_tb, s_tk, m_bk)
                 acc = tl.dot(g.to(DOT_DTYPE), tr.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
-            if HAS_POST:
-                g = L * alpha_post
-                g = g * tl.load(prev_ptr + rn[:, None] * s_qn + b[None, :] * s_qb, mask=m_nb, other=0.0).to(tl.float32)
-                x = tl.load(x_ptr + b[:, None] * s_xb + rk[None, :] * s_xk, mask=m_bk, other=0.0)
+            if HAS_POST:  # alpha_post * (L * trpost_prev)^T x
+                g = L * alpha_post * _tile(prev_ptr, rn, b, s_qn, s_qb, m_nb).to(tl.float32)
+                x = _tile(x_ptr, b, rk, s_xb, s_xk, m_bk)
                 acc = tl.dot(g.to(DOT_DTYPE), x.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
         w_ptrs = dw_ptr + rn[:, None] * s_wn + rk[None, :] * s_wk
         m_nk = mask_n[:, None] & mask_k[None, :]
@@ -111,11 +116,10 @@ def _signal_dx_kernel(
     for n0 in range(0, N, BLOCK_N):
         rn = n0 + rn0
         m_bn = mask_b[:, None] & (rn[None, :] < N)
-        g = tl.load(l_ptr + rb[:, None] * s_lb + rn[None, :] * s_ln, mask=m_bn, other=0.0).to(tl.float32)
+        g = _tile(l_ptr, rb, rn, s_lb, s_ln, m_bn).to(tl.float32)
         if HAS_PSI:
-            g = g * tl.load(psi_ptr + rb[:, None] * s_pb + rn[None, :] * s_pn, mask=m_bn, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + rn[:, None] * s_wn + rk[None, :] * s_wk,
-                    mask=(rn[:, None] < N) & mask_k[None, :], other=0.0)
+            g = g * _tile(psi_ptr, rb, rn, s_pb, s_pn, m_bn).to(tl.float32)
+        w = _tile(w_ptr, rn, rk, s_wn, s_wk, (rn[:, None] < N) & mask_k[None, :])
         acc = tl.dot(g.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
     tl.store(dx_ptr + rb[:, None] * s_xb + rk[None, :] * s_xk, acc.to(dx_ptr.dtype.element_ty),
              mask=mask_b[:, None] & mask_k[None, :])
@@ -148,9 +152,9 @@ def eligibility_weight_grad(grad_s, psi, causal, trpost_prev, x, trpre, alpha_po
     dev = grad_s.device
     accumulate = out is not None
     if accumulate:
-        check_tensor("out", out, dtypes=(torch.float32, torch.bfloat16, torch.float16), shape=(N, K), device=dev)
+        check_tensor("out", out, shape=(N, K), device=dev)
         if need_bias:
-            check_tensor("bias_out", bias_out, dtypes=(torch.float32, torch.bfloat16, torch.float16), shape=(N,), device=dev)
+            check_tensor("bias_out", bias_out, shape=(N,), device=dev)
     else:
         out = torch.empty((N, K), dtype=out_dtype, device=dev)
         bias_out = torch.empty((N,), dtype=out_dtype, device=dev) if need_bias else None
@@ -208,7 +212,8 @@ def linear_backward(grad_s, psi, causal, trpost_prev, x, trpre, weight, alpha_po
     psi2 = None if psi is None else _rows("psi", psi, N, B)
     causal2 = None if causal is None else _rows("causal", causal, N, B)
     prev2 = None if trpost_prev is None else _rows("trpost_prev", trpost_prev, N, B)
-    for name, t in (("x", x), ("trpre", trpre), ("psi", psi), ("causal", causal), ("trpost_prev", trpost_prev)):
+    optional = (("x", x), ("trpre", trpre), ("psi", psi), ("causal", causal), ("trpost_prev", trpost_prev))
+    for name, t in optional:
         if t is not None and t.device != L.device:
             raise ValueError(f"{name}: expected a tensor on {L.device}, got one on {t.device}")
     grad_w, grad_b = eligibility_weight_grad(L, psi2, causal2, prev2, x2, tr2, alpha_post, alpha_pre,
