@@ -372,4 +372,8 @@ def test_gpu_check_logic_in_interpreter(tmp_path):
     for op in ("lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward",
                "conv_backward", "triton/implicit_gemm", "layer time-fused"):
         assert f"| {op} |" in text or f"| {op} " in text, op
-    assert "FAIL" not in text and "| triton | ok" in text
+    assert "FAIL" not in text and "ERROR" not in text and "| triton | ok" in text
+    report = gpu_check.Report()  # a provider that raises becomes a row, the rest goes on
+    with report.guard("lif_step", "tiny", "triton"):
+        raise RuntimeError("compile failed | details")
+    assert report.rows[-1][3] == "ERROR RuntimeError: compile failed / details"
