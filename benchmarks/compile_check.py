@@ -25,12 +25,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "compile_check.md")
 SMEM_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}  # bytes per block
 FLOAT_ARGS = {"lambda_post", "alpha_post", "alpha_pre", "decay"}
+# Triton specialises integer arguments equal to 1 as constants: the unit strides of contiguous
+# inputs, as the launchers pass them in the usual case (row-major [B, N], [B, K], [N, K] tensors)
+DW_UNIT_STRIDES = {k: 1 for k in ("s_ln", "s_pn", "s_cn", "s_qn", "s_xk", "s_tk", "s_wk", "s_db")}
+DX_UNIT_STRIDES = {k: 1 for k in ("s_ln", "s_pn", "s_wk", "s_xk")}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
     p.add_argument("--quick", action="store_true", help="first autotune config of each kernel only")
+    p.add_argument("--only", default="", help="compile only kernels whose name contains this")
     p.add_argument("--out", default=None, help=f"markdown output (default {RESULTS}; none with --quick)")
     return p.parse_args(argv)
 
@@ -63,22 +68,23 @@ def variants():
         gemm = dict(DOT_DTYPE=dot, INPUT_PRECISION=precision)
         out.append(("linear dW+db", eligibility._eligibility_dw_kernel, half,
                     dict(HAS_PSI=True, HAS_CAUSAL=True, HAS_POST=True, HAS_PRE=True, WRITE_DB=True,
-                         ACCUMULATE=False, **gemm), tag))
+                         ACCUMULATE=False, **gemm, **DW_UNIT_STRIDES), tag))
         out.append(("linear dx", eligibility._signal_dx_kernel, {**half, "dx_ptr": dt},
-                    dict(HAS_PSI=True, **gemm), tag))
+                    dict(HAS_PSI=True, **gemm, **DX_UNIT_STRIDES), tag))
         out.append(("conv dW implicit GEMM", conv._conv_wgrad_kernel, half,
                     dict(HAS_POST=True, HAS_PRE=True, ACCUMULATE=False, **gemm), tag))
     # the readout layer's variant and accumulation into an existing buffer
     out.append(("linear dW+db", eligibility._eligibility_dw_kernel, {},
                 dict(HAS_PSI=False, HAS_CAUSAL=False, HAS_POST=False, HAS_PRE=True, WRITE_DB=True,
-                     ACCUMULATE=True, DOT_DTYPE=tl.float32, INPUT_PRECISION="ieee"), "readout, accumulate"))
+                     ACCUMULATE=True, DOT_DTYPE=tl.float32, INPUT_PRECISION="ieee", **DW_UNIT_STRIDES),
+                "readout, accumulate"))
     return out
 
 
 def signature(fn, ptr_types, constexprs):
     sig = {}
     for p in fn.params:
-        if p.is_constexpr:
+        if p.is_constexpr or p.name in constexprs:
             sig[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):
             sig[p.name] = "*" + ptr_types.get(p.name, "fp32")
@@ -125,6 +131,8 @@ def main(argv=None) -> int:
         tqdm = lambda x, **_: x  # noqa: E731
     jobs = []
     for name, tuner, ptrs, constexprs, label in variants():
+        if args.only not in name:
+            continue
         configs = tuner.configs[:1] if args.quick else tuner.configs
         jobs += [(name, tuner, ptrs, constexprs, label, c) for c in configs]
     for name, tuner, ptrs, constexprs, label, config in tqdm(jobs, desc=f"compiling for sm_{args.arch}"):

@@ -220,6 +220,19 @@ def test_linear_backward_accumulates_into_buffer(seed):
     close(bias_out, want_b, torch.float32, B)
 
 
+def test_linear_backward_keeps_offsets_in_int32(seed, monkeypatch):
+    """The dW kernel uses int32 offsets along the batch; past a (here shrunk) limit the launcher
+    splits the batch into chunks that add up to the same dW and db."""
+    from stllr_kernels.backends.triton import eligibility as E
+    L, psi, causal, prev, x, trpre, weight, ap, aq = linear_inputs((37,), 33, 70, torch.float32, "spike", False)
+    _, want_w, want_b = R.linear_backward(L, psi, causal, prev, x, trpre, weight, ap, aq)
+    monkeypatch.setattr(E, "INT32_LIMIT", 270 * 70)  # 14 rows per chunk
+    assert E._max_rows(L, x) == 14
+    got_w, got_b = E.eligibility_weight_grad(L, psi, causal, prev, x, trpre, ap, aq)
+    close(got_w, want_w, torch.float32, 37)
+    close(got_b, want_b, torch.float32, 37)
+
+
 def test_linear_backward_rejects_bad_arguments():
     L, psi, causal, prev, x, trpre, weight, ap, aq = linear_inputs((3,), 4, 5, torch.float32, "psi", False)
     with pytest.raises(ValueError, match="trpre"):

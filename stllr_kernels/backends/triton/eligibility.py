@@ -47,11 +47,14 @@ def _eligibility_dw_kernel(
 ):
     """Program (i, j) with j < cdiv(K, BLOCK_K): the dW tile (i, j). Program (i, cdiv(K, BLOCK_K)):
     the db slice i. HAS_*: optional inputs (psi/causal None mean 1, prev None drops the non-causal
-    term, alpha_pre == 0 drops the causal one). ACCUMULATE adds to what dW/db already hold."""
+    term, alpha_pre == 0 drops the causal one). ACCUMULATE adds to what dW/db already hold.
+
+    Offsets are int64 along the program-id dims but int32 along the batch: int64 there costs ~100
+    registers per thread (see benchmarks/compile_check.py); the launcher splits larger batches."""
     pid_n = tl.program_id(0).to(tl.int64)
     pid_k = tl.program_id(1).to(tl.int64)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rb = tl.arange(0, BLOCK_B).to(tl.int64)  # b * stride may pass 2^31 in the time-fused mode
+    rb = tl.arange(0, BLOCK_B)  # int32: the launcher keeps b * stride < 2^31
     mask_n = rn < N
     if pid_k == tl.cdiv(K, BLOCK_K):
         if WRITE_DB:
@@ -106,10 +109,10 @@ def _signal_dx_kernel(
     HAS_PSI: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dx = (L * psi) @ W with L * psi formed while loading (psi None means 1)."""
+    """dx = (L * psi) @ W with L * psi formed while loading (psi None means 1); offsets as above."""
     rb = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     rk = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    rn0 = tl.arange(0, BLOCK_N).to(tl.int64)
+    rn0 = tl.arange(0, BLOCK_N).to(tl.int64)  # int64 here costs nothing (compile_check.py)
     mask_b = rb < B
     mask_k = rk < K
     acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
@@ -138,6 +141,15 @@ def _rows(name: str, t, features: Optional[int] = None, batch: Optional[int] = N
     return t2
 
 
+INT32_LIMIT = 2 ** 31 - 1  # (a module global so the tests can shrink it)
+
+
+def _max_rows(*tensors) -> int:
+    """How many rows of these 2-D tensors keep every in-kernel batch offset below 2^31."""
+    stride = max(abs(t.stride(0)) for t in tensors if t is not None)
+    return max(1, INT32_LIMIT // max(stride, 1) - 256)
+
+
 def eligibility_weight_grad(grad_s, psi, causal, trpost_prev, x, trpre, alpha_post: float,
                             alpha_pre: float, out_dtype: torch.dtype = torch.float32,
                             need_bias: bool = True, out: Optional[torch.Tensor] = None,
@@ -159,6 +171,17 @@ def eligibility_weight_grad(grad_s, psi, causal, trpost_prev, x, trpre, alpha_po
         out = torch.empty((N, K), dtype=out_dtype, device=dev)
         bias_out = torch.empty((N,), dtype=out_dtype, device=dev) if need_bias else None
     if N == 0 or (K == 0 and not need_bias):
+        return out, bias_out
+    rows = _max_rows(grad_s, psi, causal, trpost_prev, x, trpre)
+    if B > rows:  # batch offsets are int32 in the kernel: add up chunks of rows
+        if not accumulate:
+            out.zero_()
+            if need_bias:
+                bias_out.zero_()
+        for start in range(0, B, rows):
+            part = [None if t is None else t[start:start + rows]
+                    for t in (grad_s, psi, causal, trpost_prev, x, trpre)]
+            eligibility_weight_grad(*part, alpha_post, alpha_pre, out_dtype, need_bias, out, bias_out)
         return out, bias_out
     has_post = trpost_prev is not None and alpha_post != 0.0
     dt, precision = dot_config(x.dtype)
