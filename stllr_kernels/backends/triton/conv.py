@@ -13,7 +13,8 @@ Two designs of the weight gradient, both a single launch for dW:
   patches and forms the products while loading, with both operand pairs in one reduction.
 
 Dispatch rule: the environment variable STLLR_TRITON_CONV_WGRAD = conv_weight | implicit_gemm picks
-one; unset means conv_weight. Which one is faster on a GPU is for benchmarks/gpu_check.py to measure
+one; unset means conv_weight. implicit_gemm uses int32 offsets (int64 ones spill registers), so
+tensors of 2^31 elements or more always take conv_weight. Which one is faster on a GPU is for benchmarks/gpu_check.py to measure
 (it times both on the Gesture VGG layers); no GPU has been available to settle it yet, so the default
 is the design that leans on cuDNN. dx and db always use the products kernel and cuDNN's dx.
 """
@@ -76,9 +77,11 @@ def _conv_wgrad_kernel(
     """Implicit GEMM per group g (grid axis 2): dW[g] (CO_G x CKK, CKK = CI_G*KH*KW) reduced over
     Q = B*OH*OW output positions; the input patch of column (ci, r, s) at output (b, oh, ow) is
     x[b, g*CI_G + ci, oh*stride - pad + r*dil, ...], zero outside the image."""
-    g = tl.program_id(2).to(tl.int64)
-    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # out channel in group
-    rj = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # (ci, r, s) flattened
+    # int32 offsets throughout (int64 ones spill registers): the launcher sends tensors of 2^31
+    # elements or more to the conv_weight design instead
+    g = tl.program_id(2)
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)   # out channel in group
+    rj = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)   # (ci, r, s) flattened
     co = g * CO_G + rm
     ci = g * CI_G + rj // (KH * KW)
     rs = rj % (KH * KW)
@@ -89,7 +92,7 @@ def _conv_wgrad_kernel(
     OHW = OH * OW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for q0 in range(0, Q, BLOCK_Q):
-        q = q0 + tl.arange(0, BLOCK_Q).to(tl.int64)
+        q = q0 + tl.arange(0, BLOCK_Q)
         mask_q = q < Q
         b = q // OHW
         p = q % OHW
@@ -152,6 +155,9 @@ def conv_weight_grad_implicit(grad_s, causal, trpost_prev, x, trpre, weight_shap
                               dilation, groups: int, alpha_post: float, alpha_pre: float,
                               out_dtype: torch.dtype = torch.float32, out=None):
     """dW by the Triton implicit-GEMM kernel (one launch); adds into `out` if given."""
+    if not _fits_int32(x, grad_s, out if out is not None else torch.empty(weight_shape, device="meta")):
+        raise ValueError("the implicit-GEMM weight gradient uses int32 offsets: x, grad_s and the "
+                         "weight must each have fewer than 2^31 elements (use conv_weight)")
     B, CI, H, W = x.shape
     CO, CI_G, KH, KW = weight_shape
     OH, OW = grad_s.shape[2:]
@@ -180,12 +186,18 @@ def conv_weight_grad_implicit(grad_s, causal, trpost_prev, x, trpre, weight_shap
     return out
 
 
+def _fits_int32(*tensors) -> bool:
+    return all(t.numel() < 2 ** 31 - 2 ** 20 for t in tensors)
+
+
 def conv_backward(grad_s, psi, causal, trpost_prev, x, trpre, weight, stride, padding, dilation,
                   groups: int, alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
                   needs_bias_grad: bool = True):
     """reference.conv_backward with a fused products kernel and a single-launch weight gradient."""
     _check_conv_args(grad_s, psi, causal, trpost_prev, x, trpre, weight, groups)
     method = conv_wgrad_method()
+    if method == "implicit_gemm" and not _fits_int32(x, grad_s, weight):
+        method = "conv_weight"
     ct = _compute_dtype(x.dtype)
     grads, gpsi = conv_products(grad_s, psi, causal, trpost_prev, alpha_post, alpha_pre,
                                 write_grads=method == "conv_weight")
