@@ -12,11 +12,12 @@ Two designs of the weight gradient, both a single launch for dW:
 - "implicit_gemm": a Triton implicit-GEMM kernel (`_conv_wgrad_kernel`) that gathers the input
   patches and forms the products while loading, with both operand pairs in one reduction.
 
-Dispatch rule: the environment variable STLLR_TRITON_CONV_WGRAD = conv_weight | implicit_gemm picks
-one; unset means conv_weight. implicit_gemm uses int32 offsets (int64 ones spill registers), so
-tensors of 2^31 elements or more always take conv_weight. Which one is faster on a GPU is for benchmarks/gpu_check.py to measure
-(it times both on the Gesture VGG layers); no GPU has been available to settle it yet, so the default
-is the design that leans on cuDNN. dx and db always use the products kernel and cuDNN's dx.
+Dispatch rule: the environment variable STLLR_TRITON_CONV_WGRAD = conv_weight | implicit_gemm
+picks one; unset means conv_weight. Which is faster on a GPU is for benchmarks/gpu_check.py to
+measure (it times both on the Gesture VGG layers); no GPU has been available to settle it yet, so
+the default is the design that leans on cuDNN. implicit_gemm uses int32 offsets (int64 ones spill
+registers), so tensors of 2^31 elements or more always take conv_weight. dx and db always come from
+the products kernel's L * psi (db a sum, dx one cuDNN input-gradient call).
 """
 from __future__ import annotations
 
