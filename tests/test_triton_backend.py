@@ -220,6 +220,22 @@ def test_linear_backward_accumulates_into_buffer(seed):
     close(bias_out, want_b, torch.float32, B)
 
 
+def test_empty_inputs(seed):
+    """Zero neurons or an empty batch: no launch goes wrong, shapes and zeros as the reference."""
+    beta, theta = scalars()
+    empty = torch.zeros(0, 5, device=DEVICE)
+    for got, want in zip(T.lif_step(empty, empty, empty, beta, theta, cfg_of("sigmoid")),
+                         R.lif_step(empty, empty, empty, beta, theta, cfg_of("sigmoid"))):
+        assert got.shape == want.shape
+    assert T.pre_trace(empty, empty, 0.5).shape == (0, 5)
+    seq = T.lif_sequence(torch.zeros(3, 0, 5, device=DEVICE), empty, empty, beta, theta,
+                         cfg_of("triangle"), 1)
+    assert [t.shape for t in seq] == [(3, 0, 5), (0, 5), (0, 5), (2, 0, 5), (2, 0, 5)]
+    args = linear_inputs((0,), 4, 6, torch.float32, "spike", False)
+    for got, want in zip(T.linear_backward(*args), R.linear_backward(*args)):
+        assert got.shape == want.shape and torch.equal(got, want)
+
+
 def test_linear_backward_keeps_offsets_in_int32(seed, monkeypatch):
     """The dW kernel uses int32 offsets along the batch; past a (here shrunk) limit the launcher
     splits the batch into chunks that add up to the same dW and db."""
