@@ -35,7 +35,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
     p.add_argument("--quick", action="store_true", help="first autotune config of each kernel only")
-    p.add_argument("--only", default="", help="compile only kernels whose name contains this")
+    p.add_argument("--only", default="", help="comma-separated parts of kernel names to compile")
+    p.add_argument("--variant", default="", help="compile only variants whose label contains this")
     p.add_argument("--out", default=None, help=f"markdown output (default {RESULTS}; none with --quick)")
     return p.parse_args(argv)
 
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         tqdm = lambda x, **_: x  # noqa: E731
     jobs, seen = [], set()
     for name, tuner, ptrs, constexprs, label in variants():
-        if args.only not in name:
+        if not any(part in name for part in args.only.split(",")) or args.variant not in label:
             continue
         # every config of the GEMMs; for the element-wise kernels (which only change BLOCK) every
         # config of their first variant and the first config of the others
@@ -163,8 +164,8 @@ def main(argv=None) -> int:
     text = "\n".join([
         f"# compile_check: every Triton kernel compiled for sm_{args.arch}, without a GPU",
         "",
-        f"- command: `python benchmarks/compile_check.py{' --quick' if args.quick else ''}"
-        f"{'' if args.arch == 90 else f' --arch {args.arch}'}`; triton {triton.__version__}; "
+        f"- command: `python benchmarks/compile_check.py {' '.join(argv or sys.argv[1:])}`; "
+        f"triton {triton.__version__}; "
         f"{len(rows)} compiles in {time.time() - start:.0f} s; {failures} errors",
         f"- shared-memory limit per block on sm_{args.arch}: {limit if limit else 'unknown'} bytes",
         "- this proves the kernels compile (and shows their resource use); it does not run them: "

@@ -407,3 +407,21 @@ def test_gpu_check_logic_in_interpreter(tmp_path):
     with report.guard("lif_step", "tiny", "triton"):
         raise RuntimeError("compile failed | details")
     assert report.rows[-1][3] == "ERROR RuntimeError: compile failed / details"
+
+
+def test_gemm_kernels_compile_for_sm90(tmp_path):
+    """The interpreter cannot run bf16 tl.dot nor the GPU compiler: compile the three GEMM kernels
+    with bf16 operands for sm_90 through Triton's whole pipeline (benchmarks/compile_check.py)."""
+    import triton
+    from triton.backends import backends as triton_backends
+    if "nvidia" not in triton_backends:
+        pytest.skip("this Triton has no NVIDIA backend to compile with")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "compile_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(stllr_kernels.__file__)),
+                                         env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, path, "--quick", "--only", "linear dW,linear dx,conv dW",
+                          "--variant", "bf16"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stdout.count("| ok |") == 3, out.stdout[-2000:]
