@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         f"# compile_check: every Triton kernel compiled for sm_{args.arch}, without a GPU",
         "",
-        f"- command: `python benchmarks/compile_check.py {' '.join(argv or sys.argv[1:])}`; "
+        f"- command: `python benchmarks/compile_check.py{''.join(' ' + a for a in (argv or sys.argv[1:]))}`; "
         f"triton {triton.__version__}; "
         f"{len(rows)} compiles in {time.time() - start:.0f} s; {failures} errors",
         f"- shared-memory limit per block on sm_{args.arch}: {limit if limit else 'unknown'} bytes",
