@@ -2,14 +2,18 @@
 
 Runs on CUDA GPUs; on a CPU only in Triton's interpreter (TRITON_INTERPRET=1 set before this module
 is imported), which is how the tests check it. Importing this module never fails: without Triton the
-ops raise BackendUnavailable and `unavailable_reason` says why.
+ops raise BackendUnavailable and `unavailable_reason` says why. Inputs may be float32, bfloat16 or
+float16 (states in float32); float64 inputs run the reference ops (see _float64_runs_reference).
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
 import torch
+
+from .. import reference
 
 try:
     import triton  # noqa: F401
@@ -18,6 +22,21 @@ except Exception as exc:  # ImportError, or a broken install
 else:
     _IMPORT_ERROR = None
 
+
+def _float64_runs_reference(op):
+    """float64 inputs run the reference op instead: the kernels keep float32 state and take their
+    factors as float32 scalars, which float64 tolerances would not forgive."""
+    reference_op = getattr(reference, op.__name__)
+
+    @functools.wraps(op)
+    def dispatch(*args, **kwargs):
+        if any(isinstance(a, torch.Tensor) and a.dtype == torch.float64
+               for a in (*args, *kwargs.values())):
+            return reference_op(*args, **kwargs)
+        return op(*args, **kwargs)
+    return dispatch
+
+
 if _IMPORT_ERROR is None:
     from .triton.common import INTERPRETED
     from .triton.conv import conv_backward
@@ -25,6 +44,9 @@ if _IMPORT_ERROR is None:
     from .triton.lif import lif_step
     from .triton.sequence import lif_sequence
     from .triton.trace import pre_trace, trace_sequence
+    (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward) = map(
+        _float64_runs_reference,
+        (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward))
 else:
     INTERPRETED = False
 
