@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test demo clean
+.PHONY: venv test cuda-check demo clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py requirements-dev.txt
+# the C++/CUDA sources are prerequisites so that `make test` rebuilds the extension when they change
+$(VENV)/.installed: setup.py requirements-dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
@@ -22,6 +23,10 @@ test: venv
 # the embedded main job: S-TLLR vs BPTT on scikit-learn's digits, table + plot in experiments/demo
 demo: venv
 	$(PY) -m training.demo
+
+# compile-only check of csrc/cuda/*.cu with nvcc -arch=sm_90 (skipped, with a message, without nvcc)
+cuda-check: venv
+	$(PY) csrc/check_cuda_compiles.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,14 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 import training.runner as runner
 from training import checkpoint as ckpt
 from training.cli import OPTIMIZERS, parse_args
 from training.engine import Trainer, make_loss
-from training.models import build_model
 
 
 class RandomSpikes(Dataset):

@@ -1,0 +1,79 @@
+"""The `triton` backend: fused Triton kernels for every op of DESIGN.md (kernels in `triton/`).
+
+Runs on CUDA GPUs; on a CPU only in Triton's interpreter (TRITON_INTERPRET=1 set before this module
+is imported), which is how the tests check it. Importing this module never fails: without Triton the
+ops raise BackendUnavailable and `unavailable_reason` says why. Inputs may be float32, bfloat16 or
+float16 (states in float32); float64 inputs run the reference ops (see _float64_runs_reference).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+
+from .. import reference
+
+try:
+    import triton  # noqa: F401
+except Exception as exc:  # ImportError, or a broken install
+    _IMPORT_ERROR: Optional[str] = f"triton is not importable ({type(exc).__name__}: {exc})"
+else:
+    _IMPORT_ERROR = None
+
+
+def _float64_runs_reference(op):
+    """float64 inputs run the reference op instead: the kernels keep float32 state and take their
+    factors as float32 scalars, which float64 tolerances would not forgive."""
+    reference_op = getattr(reference, op.__name__)
+
+    @functools.wraps(op)
+    def dispatch(*args, **kwargs):
+        if any(isinstance(a, torch.Tensor) and a.dtype == torch.float64
+               for a in (*args, *kwargs.values())):
+            return reference_op(*args, **kwargs)
+        return op(*args, **kwargs)
+    return dispatch
+
+
+if _IMPORT_ERROR is None:
+    from .triton.common import INTERPRETED
+    from .triton.conv import conv_backward
+    from .triton.eligibility import linear_backward
+    from .triton.lif import lif_step
+    from .triton.sequence import lif_sequence
+    from .triton.trace import pre_trace, trace_sequence
+    (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward) = map(
+        _float64_runs_reference,
+        (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward))
+else:
+    INTERPRETED = False
+
+    def _missing(*_args, **_kwargs):
+        from . import BackendUnavailable
+        raise BackendUnavailable(f"backend 'triton' cannot run: {_IMPORT_ERROR}")
+
+    lif_step = pre_trace = lif_sequence = trace_sequence = linear_backward = conv_backward = _missing
+
+__all__ = ["lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward",
+           "conv_backward", "unavailable_reason"]
+
+
+def unavailable_reason(name: str, device_type: str) -> Optional[str]:
+    """None if the Triton kernels can run on `device_type`, else a sentence saying why not."""
+    if _IMPORT_ERROR is not None:
+        return f"{_IMPORT_ERROR}; install it with `pip install triton`"
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device is available (torch.cuda.is_available() is False)"
+        return None
+    if device_type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return ("Triton runs on CUDA GPUs; on a CPU only in its interpreter, enabled by setting "
+                    "TRITON_INTERPRET=1 before stllr_kernels is imported")
+        if not INTERPRETED:
+            return ("TRITON_INTERPRET=1 was set after the Triton kernels were defined; set it before "
+                    "stllr_kernels.backends.triton_ops is imported")
+        return None
+    return f"Triton kernels do not run on device type {device_type!r} (only 'cuda', or 'cpu' interpreted)"
