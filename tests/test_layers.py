@@ -85,36 +85,33 @@ def test_sequence_mode_rejects_loss_before_loss_steps():
         out.sum().backward()
 
 
+def saved_bytes(fn):
+    """Bytes autograd saves for backward while fn() runs, and fn's result."""
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        result = fn()
+    return total, result
+
+
 def test_sequence_mode_saves_only_loss_steps():
     """Memory of the time-fused mode grows with the loss steps D, not with T."""
-    def saved_bytes(T, D):
-        layer = LinearSTLLR(64, 32)
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            layer(torch.rand(T, 8, 64), loss_steps=D)
-        return total
-    assert saved_bytes(50, 2) == saved_bytes(10, 2)
-    assert saved_bytes(10, 4) > saved_bytes(10, 2)
+    def saved(T, D):
+        return saved_bytes(lambda: LinearSTLLR(64, 32)(torch.rand(T, 8, 64), loss_steps=D))[0]
+    assert saved(50, 2) == saved(10, 2)
+    assert saved(10, 4) > saved(10, 2)
 
 
 def test_step_mode_memory_is_flat_in_time():
     """Online mode: what one step saves does not depend on how many steps ran before."""
     layer = LinearRecSTLLR(32, 16)
     sizes = []
-    for t in range(6):
-        total = 0
-
-        def pack(tensor):
-            nonlocal total
-            total += tensor.numel() * tensor.element_size()
-            return tensor
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            s = layer(torch.rand(4, 32))
+    for _ in range(6):
+        total, s = saved_bytes(lambda: layer(torch.rand(4, 32)))
         s.sum().backward()
         sizes.append(total)
     assert len(set(sizes[1:])) == 1, sizes

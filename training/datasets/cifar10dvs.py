@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import Recordings, cache_dir, cached
+from .cache import Recordings
 from .errors import DatasetFilesMissing, archive_hint
-from .sources import EventSource, check_labels, data_root, loader_workers, offline
+from .sources import EventSource, cached_split, check_labels, offline
 from .transforms import Compose, Normalize, RandomCrop, resize
 
 NAME = "CIFAR10DVS"
@@ -87,9 +87,6 @@ def _source(root: str, train: bool) -> EventSource:
 
 def build(args, train: bool):
     """The fixed 90/10 split; frames [10, 2, 48, 48], normalised (training: random crop first)."""
-    root = data_root(args)
-    split = "train" if train else "test"
-    cache = cached(cache_dir(root, NAME, split, PARAMS), PARAMS, lambda: _source(root, train),
-                   loader_workers(args), f"{NAME} {split}")
+    cache = cached_split(args, NAME, PARAMS, train, _source)
     normalize = Normalize(MEAN, STD)
     return Recordings(cache, Compose(RandomCrop(CROP_PADDING), normalize) if train else normalize)

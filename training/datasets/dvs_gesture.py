@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import Recordings, Windows, cache_dir, cached
+from .cache import Recordings, Windows
 from .errors import DatasetFilesMissing, archive_hint
-from .sources import EventSource, check_labels, data_root, loader_workers, offline
+from .sources import EventSource, cached_split, check_labels, offline
 from .transforms import RandomCrop
 
 NAME = "DVSGesture"
@@ -74,10 +74,7 @@ def _source(root: str, train: bool) -> EventSource:
 
 def build(args, train: bool):
     """Training: 21-frame windows with random crop; test: whole recordings. Frames [T, 2, 32, 32]."""
-    root = data_root(args)
-    split = "train" if train else "test"
-    cache = cached(cache_dir(root, NAME, split, PARAMS), PARAMS, lambda: _source(root, train),
-                   loader_workers(args), f"{NAME} {split}")
+    cache = cached_split(args, NAME, PARAMS, train, _source)
     if train:
         return Windows(cache, TRAIN_STEPS, RandomCrop(CROP_PADDING))
     return Recordings(cache)

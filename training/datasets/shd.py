@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
-from .cache import Recordings, cache_dir, cached
+from .cache import Recordings
 from .errors import DatasetFilesMissing, archive_hint
-from .sources import EventSource, check_labels, data_root, loader_workers, offline
+from .sources import EventSource, cached_split, check_labels, offline
 
 NAME = "SHD"
 NUM_CLASSES = 20
@@ -73,8 +73,5 @@ def _source(root: str, train: bool) -> EventSource:
 
 def build(args, train: bool):
     """The SHD train or test split as a Dataset of (float32 [100, 700], int label)."""
-    root = data_root(args)
-    split = "train" if train else "test"
-    cache = cached(cache_dir(root, NAME, split, PARAMS), PARAMS, lambda: _source(root, train),
-                   loader_workers(args), f"{NAME} {split}")
+    cache = cached_split(args, NAME, PARAMS, train, _source)
     return Recordings(cache)

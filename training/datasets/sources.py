@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .cache import cache_dir, cached
 from .errors import DatasetFilesMissing
 
 
@@ -76,3 +77,12 @@ def check_labels(dataset: str, labels: Sequence[int], num_classes: int) -> None:
     bad = sorted({int(v) for v in labels if not 0 <= int(v) < num_classes})
     if bad:
         raise ValueError(f"{dataset}: labels {bad[:5]} outside 0..{num_classes - 1}")
+
+
+def cached_split(args, name: str, params: dict, train: bool, make_source):
+    """The frame cache of one split of dataset `name` under --data-path, built from
+    `make_source(root, train)` (with --workers processes) only when it is not complete yet."""
+    root = data_root(args)
+    split = "train" if train else "test"
+    return cached(cache_dir(root, name, split, params), params, lambda: make_source(root, train),
+                  loader_workers(args), f"{name} {split}")
