@@ -1,10 +1,11 @@
 # `make test`: a fresh machine to a passing suite. `make demo`: the main job (see README.md).
+# `make bench`: the CPU benchmarks (speed, memory, MACs) into benchmarks/results/, < 10 min on 2 cores.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -18,6 +19,15 @@ $(VENV)/.installed: setup.py requirements-dev.txt
 
 test: venv
 	$(PY) -m pytest -q tests
+
+$(VENV)/.bench-deps: $(VENV)/.installed requirements-bench.txt
+	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
+	touch $@
+
+bench: venv $(VENV)/.bench-deps
+	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.memory
+	$(PY) -m benchmarks.macs
 
 clean:
 	rm -rf $(VENV) build *.egg-info
