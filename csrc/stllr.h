@@ -1,0 +1,120 @@
+// Shared by the CPU (.cpp) and CUDA (.cu) kernels of the stllr extension.
+//
+// Integer codes passed through the op schemas. stllr_kernels/psi.py is the source of truth;
+// stllr_kernels/backends/ext.py maps names to these codes and tests check every code.
+//   psi   (PSI_CODES):   0 fast_sigmoid  1 / (1 + 100|u|)^2
+//                        1 triangle      0.3 * max(0, 1 - |u|)
+//                        2 sigmoid       4 * sigmoid(4u) * (1 - sigmoid(4u))
+//   reset (RESET_MODES): 0 soft  v+ = v - theta * s      1 hard  v+ = v * (1 - s)
+//   post  (POST_MODES):  0 psi   trpost accumulates psi  1 spike trpost accumulates s
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+#include <tuple>
+#include <type_traits>
+
+namespace stllr {
+
+constexpr int kFastSigmoid = 0, kTriangle = 1, kSigmoid = 2, kNumPsi = 3;
+constexpr int kSoft = 0, kHard = 1;
+constexpr int kPostPsi = 0, kPostSpike = 1;
+
+// Elements per at::parallel_for task below which a pass stays on one thread (ATen's GRAIN_SIZE).
+constexpr int64_t kGrainSize = 32768;
+
+// Psi(u), with the operations in the order of psi.py so float32 results match the reference.
+template <int PSI, typename T>
+C10_HOST_DEVICE inline T psi_of(T u) {
+  const T au = u < T(0) ? -u : u;
+  if constexpr (PSI == kFastSigmoid) {
+    const T d = T(1) + T(100) * au;
+    return T(1) / (d * d);
+  } else if constexpr (PSI == kTriangle) {
+    const T r = T(1) - au;
+    return T(0.3) * (r > T(0) ? r : T(0));
+  } else {
+    const T sg = T(1) / (T(1) + std::exp(-(T(4) * u)));
+    return T(4) * sg * (T(1) - sg);
+  }
+}
+
+// One neuron, one step (SPEC section 1). T is the state type (float or double).
+template <int PSI, int RESET, int POST, typename T>
+struct LifUpdate {
+  T spike, v, trpost, psi;
+  C10_HOST_DEVICE inline LifUpdate(T current, T v_prev, T trpost_prev, T beta, T theta, T lambda_post) {
+    const T v_t = beta * v_prev + current;
+    const T u = v_t - theta;
+    spike = u > T(0) ? T(1) : T(0);
+    v = RESET == kSoft ? v_t - theta * spike : v_t * (T(1) - spike);
+    psi = psi_of<PSI>(u);
+    trpost = lambda_post * trpost_prev + (POST == kPostSpike ? spike : psi);
+  }
+};
+
+// Calls f(integral_constant<PSI>, integral_constant<RESET>, integral_constant<POST>) so that each
+// combination is compiled as its own loop (no branch inside the vectorised loop).
+template <typename F>
+inline void dispatch_lif_config(int64_t psi, int64_t reset, int64_t post, F&& f) {
+  auto with_post = [&](auto p, auto r) {
+    if (post == kPostSpike) f(p, r, std::integral_constant<int, kPostSpike>{});
+    else f(p, r, std::integral_constant<int, kPostPsi>{});
+  };
+  auto with_reset = [&](auto p) {
+    if (reset == kHard) with_post(p, std::integral_constant<int, kHard>{});
+    else with_post(p, std::integral_constant<int, kSoft>{});
+  };
+  if (psi == kTriangle) with_reset(std::integral_constant<int, kTriangle>{});
+  else if (psi == kSigmoid) with_reset(std::integral_constant<int, kSigmoid>{});
+  else with_reset(std::integral_constant<int, kFastSigmoid>{});
+}
+
+// ---------------------------------------------------------------- argument checks (checks.cpp)
+
+// States are kept in at least float32 (reference.state_dtype).
+c10::ScalarType state_dtype(c10::ScalarType input);
+void check_floating(const at::Tensor& t, const char* name);
+void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* name);
+void check_lif_codes(int64_t psi, int64_t reset, int64_t post);
+// beta / theta: one element on the current's device; returned as a 0-d tensor of `dtype`.
+at::Tensor check_scalar_tensor(const at::Tensor& t, const at::Tensor& like, c10::ScalarType dtype,
+                               const char* name);
+// `t` converted to `dtype`, contiguous, checked to have `shape` and the device of `like`.
+at::Tensor state_like(const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& like,
+                      c10::ScalarType dtype, const char* name);
+int64_t check_save_from(int64_t save_from, int64_t steps);
+
+// ---------------------------------------------------------------- eligibility (eligibility.cpp)
+
+// The fused element-wise pass of the backward, over rows m < M of [M, N] and [M, K] operands, all
+// contiguous in the state dtype; optional operands are undefined tensors. Writes
+//   a[m]     = alpha_post * L * trpost_prev    (only when trpost_prev is defined)
+//   a[M' + m] = alpha_pre * L * causal          (M' = M if trpost_prev is defined, else 0)
+//   b[m] = x, b[M' + m] = trpre                 (the GEMM's right operand, same layout)
+//   g[m] = L * psi                              (only when g is defined)
+// so that dW = a^T b is one GEMM with the batch doubled.
+struct Products {
+  at::Tensor L, psi, causal, trpost_prev, x, trpre;  // inputs
+  at::Tensor a, b, g;                                // outputs
+  double alpha_post, alpha_pre;
+};
+using ProductsFn = void (*)(const Products&);
+void eligibility_products_cpu(const Products& p);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_impl(
+    const at::Tensor& grad_s, const std::optional<at::Tensor>& psi,
+    const std::optional<at::Tensor>& causal, const std::optional<at::Tensor>& trpost_prev,
+    const at::Tensor& x, const at::Tensor& trpre, const at::Tensor& weight, double alpha_post,
+    double alpha_pre, bool needs_input_grad, bool needs_bias_grad, ProductsFn products);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_impl(
+    const at::Tensor& grad_s, const at::Tensor& psi, const at::Tensor& causal,
+    const at::Tensor& trpost_prev, const at::Tensor& x, const at::Tensor& trpre,
+    const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, int64_t groups, double alpha_post, double alpha_pre,
+    bool needs_input_grad, bool needs_bias_grad, ProductsFn products);
+
+}  // namespace stllr
