@@ -267,10 +267,13 @@ def write_csv(path: Path, rows: Sequence[dict]) -> None:
 class Report:
     """A markdown report built section by section; `write()` replaces the previous one."""
 
-    def __init__(self, name: str, title: str, out_dir: Path, device: torch.device):
-        self.name, self.out_dir = name, Path(out_dir)
+    def __init__(self, name: str, title: str, out_dir: Path, device: torch.device, per_device: bool = True):
+        # timings and memory are per device type (train_step_cpu.md, train_step_cuda.md); counts are not
+        self.name = f"{name}_{device.type}" if per_device else name
+        self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.parts = [f"# {title}", "", f"Command: `{command_line()}`", ""]
+        self.parts = [f"# {title} ({device.type})" if per_device else f"# {title}", "",
+                      f"Command: `{command_line()}`", ""]
         self.info = machine_info(device)
         self.parts += ["## Machine", "", markdown_table(
             [{"item": k, "value": v} for k, v in self.info.items()], ["item", "value"]), ""]
@@ -295,8 +298,17 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds: checks the script runs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the report, CSV and plots")
-    p.add_argument("--models", default=None, help="comma-separated subset of the models")
+    p.add_argument("--models", default=None, help="comma-separated subset of the models (shd, vgg)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse the arguments and apply the ones every script shares (CPU threads)."""
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def progress_bar(total: int, desc: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+import stllr_kernels
 from benchmarks import common, networks, plot
 from benchmarks.networks import CIFAR10DVS, GESTURE, SHD, ModelSpec
 
@@ -40,16 +41,23 @@ def count(spec: ModelSpec, method: str, batch: int) -> tuple[int, int]:
     model = builder(spec)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)  # the optimizer does no matmuls either way
     x, y = networks.make_batch(spec, batch, "cpu")
-    fwd = common.count_macs(lambda: forward_only(model, x))
-    total = common.count_macs(lambda: batch_fn(model, x, y, spec.delay_ls, opt))
+    # the `torch` backend runs the rule as aten matmuls/convs the counter sees (a compiled backend
+    # does the same arithmetic inside its own ops, invisible to it)
+    stllr_kernels.set_backend("torch")
+    try:
+        fwd = common.count_macs(lambda: forward_only(model, x))
+        total = common.count_macs(lambda: batch_fn(model, x, y, spec.delay_ls, opt))
+    finally:
+        stllr_kernels.set_backend("auto")
     return fwd // batch, total // batch
 
 
 def main(argv=None) -> None:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=1, help="samples per counted batch (counts are per sample)")
-    args = p.parse_args(argv)
-    report = common.Report("macs", "Multiply-accumulates per training sample", args.out, torch.device("cpu"))
+    args = common.parse(p, argv)
+    report = common.Report("macs", "Multiply-accumulates per training sample", args.out,
+                           torch.device("cpu"), per_device=False)
     rows, chart, lines = [], {}, []
     specs = [s for s in configs(args) if not args.models or s.kind in args.models.split(",")]
     bar = common.progress_bar(len(specs) * len(METHODS), "macs")
@@ -77,7 +85,8 @@ def main(argv=None) -> None:
     report.section("Method", "Counted with torch.utils.flop_counter.FlopCounterMode (MACs = FLOPs / 2) "
                    "over one training batch: every mm/addmm/bmm/convolution the forward and backward "
                    "run, including the S-TLLR eligibility GEMMs and conv weight-gradients inside the "
-                   "custom backward; element-wise work (LIF updates, traces, Psi) is not counted. "
+                   "custom backward (run with the `torch` backend, whose ops the counter sees; every backend "
+                   "does the same arithmetic); element-wise work (LIF updates, traces, Psi) is not counted. "
                    "The forward share is the same model run over all T without autograd; "
                    "backward+update = total - forward. S-TLLR is the online procedure (SPEC section 6): "
                    "a backward at each of the last delay-ls steps only. Batch "

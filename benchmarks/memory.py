@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--vgg-batch", type=int, default=1)
     p.add_argument("--vgg-T", default=None, help="comma-separated T values for the VGG (default all)")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
     device = torch.device(args.device)
     report = common.Report("memory", "Peak training memory against time steps", args.out, device)
     rows, series, summary = [], {}, []

@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per provider (median)")
     p.add_argument("--vgg-batch", type=int, default=4, help="VGG batch on CPU (GPU: 16)")
     p.add_argument("--vgg-T", type=int, default=None, help="override the VGG's T (default 20)")
-    args = p.parse_args(argv)
+    args = common.parse(p, argv)
     device = torch.device(args.device)
     reps = 1 if args.quick else args.reps
     report = common.Report("train_step", "Seconds per training batch", args.out, device)
