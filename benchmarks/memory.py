@@ -84,13 +84,16 @@ def main(argv=None) -> None:
                              "x S-TLLR online": f"{peaks[label, T] / base:.1f}x" if base else ""})
                 series.setdefault(spec.name, {}).setdefault(label, []).append(
                     (T, peaks[label, T] / 2 ** 20))
-        summary.append(_goals(spec, ts, peaks))
+        params = sum(p.numel() * p.element_size() for p in networks.methods(spec)["stllr_online"][0](spec).parameters())
+        summary.append(_goals(spec, ts, peaks) + f" (model parameters: {common.fmt_bytes(params)}; the "
+                       "gradients, standardized weights and their autograd intermediates are "
+                       "weight-sized tensors that do not grow with T)")
     bar.close()
     for line in summary:
         print(line)
     report.section("Method", f"Memory = {common.MEMORY_METHOD[device.type]}. Each configuration builds "
                    "a fresh model and optimizer, runs a 2-step warm-up batch (creating Adam's state), "
-                   "then measures one training batch. Loss steps scale with T in the paper's proportion "
+                   "then measures one training batch. Tensor bytes do not depend on the machine's load. Loss steps scale with T in the paper's proportion "
                    f"(SHD {SHD.delay_ls}/{SHD.T}, Gesture {GESTURE.delay_ls}/{GESTURE.T}). Batch: SHD 128, "
                    f"VGG {args.vgg_batch if not args.quick else 1} (input 2x32x32).")
     report.section("Goals", *summary)
