@@ -5,11 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test cuda-check demo bench clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py requirements-dev.txt
+# the C++/CUDA sources are prerequisites so that `make test` rebuilds the extension when they change
+$(VENV)/.installed: setup.py requirements-dev.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
@@ -28,6 +29,10 @@ bench: venv $(VENV)/.bench-deps
 	$(PY) -m benchmarks.train_step
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.macs
+
+# compile-only check of csrc/cuda/*.cu with nvcc -arch=sm_90 (skipped, with a message, without nvcc)
+cuda-check: venv
+	$(PY) csrc/check_cuda_compiles.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

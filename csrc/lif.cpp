@@ -2,7 +2,6 @@
 // T steps in one pass, the state of a tile of neurons kept in a small local buffer).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "stllr.h"
@@ -12,10 +11,6 @@ namespace {
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-struct LifParams {
-  double beta, theta, lambda_post;
-};
 
 // One step for neurons [0, n) of contiguous arrays; a plain loop the compiler vectorises.
 template <int PSI, int RESET, int POST, typename scalar_t, typename acc_t>
@@ -36,30 +31,18 @@ void lif_step_range(const scalar_t* __restrict__ current, const acc_t* __restric
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_step_cpu(
     const at::Tensor& current, const at::Tensor& v, const at::Tensor& trpost, const at::Tensor& beta,
     const at::Tensor& theta, double lambda_post, int64_t psi, int64_t reset, int64_t post) {
-  check_floating(current, "current");
-  check_lif_codes(psi, reset, post);
-  const auto sd = state_dtype(current.scalar_type());
-  const at::Tensor cur = current.contiguous();
-  const at::Tensor v_in = state_like(v, current.sizes(), current, sd, "v");
-  const at::Tensor tr_in = state_like(trpost, current.sizes(), current, sd, "trpost");
-  const at::Tensor beta_t = check_scalar_tensor(beta, current, sd, "beta");
-  const at::Tensor theta_t = check_scalar_tensor(theta, current, sd, "theta");
-  at::Tensor s = at::empty(current.sizes(), current.options().memory_format(at::MemoryFormat::Contiguous));
-  const auto state_opts = s.options().dtype(sd);
-  at::Tensor v_out = at::empty(current.sizes(), state_opts);
-  at::Tensor tr_out = at::empty(current.sizes(), state_opts);
-  at::Tensor psi_out = at::empty(current.sizes(), state_opts);
-  const int64_t n = cur.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cur.scalar_type(), "lif_step_cpu", [&] {
+  LifStepBuffers buf = prepare_lif_step(current, v, trpost, beta, theta, psi, reset, post);
+  const int64_t n = buf.current.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, buf.current.scalar_type(), "lif_step_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const acc_t b = beta_t.item<acc_t>(), th = theta_t.item<acc_t>();
+    const acc_t b = buf.beta.item<acc_t>(), th = buf.theta.item<acc_t>();
     const acc_t lam = static_cast<acc_t>(lambda_post);
-    const scalar_t* c = cur.const_data_ptr<scalar_t>();
-    const acc_t* vp = v_in.const_data_ptr<acc_t>();
-    const acc_t* tp = tr_in.const_data_ptr<acc_t>();
-    scalar_t* sp = s.mutable_data_ptr<scalar_t>();
-    acc_t *vo = v_out.mutable_data_ptr<acc_t>(), *to = tr_out.mutable_data_ptr<acc_t>(),
-          *po = psi_out.mutable_data_ptr<acc_t>();
+    const scalar_t* c = buf.current.const_data_ptr<scalar_t>();
+    const acc_t* vp = buf.v.const_data_ptr<acc_t>();
+    const acc_t* tp = buf.trpost.const_data_ptr<acc_t>();
+    scalar_t* sp = buf.s.mutable_data_ptr<scalar_t>();
+    acc_t *vo = buf.v_out.mutable_data_ptr<acc_t>(), *to = buf.trpost_out.mutable_data_ptr<acc_t>(),
+          *po = buf.psi.mutable_data_ptr<acc_t>();
     dispatch_lif_config(psi, reset, post, [&](auto P, auto R, auto Q) {
       at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
         lif_step_range<decltype(P)::value, decltype(R)::value, decltype(Q)::value>(
@@ -68,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_step_cpu(
       });
     });
   });
-  return {s, v_out, tr_out, psi_out};
+  return {buf.s, buf.v_out, buf.trpost_out, buf.psi};
 }
 
 constexpr int64_t kTile = 512;  // neurons whose state stays in a local buffer across the T steps
@@ -120,33 +103,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_seque
     const at::Tensor& currents, const at::Tensor& v, const at::Tensor& trpost, const at::Tensor& beta,
     const at::Tensor& theta, double lambda_post, int64_t psi, int64_t reset, int64_t post,
     int64_t save_from) {
-  check_floating(currents, "currents");
-  TORCH_CHECK(currents.dim() >= 1, "currents: expected a sequence [T, ...], got a 0-d tensor");
-  check_lif_codes(psi, reset, post);
-  const auto sd = state_dtype(currents.scalar_type());
-  const int64_t T = currents.size(0);
-  const auto state_shape = currents.sizes().slice(1);
-  save_from = check_save_from(save_from, T);
-  const at::Tensor cur = currents.contiguous();
-  // v_state / tr_state are updated in place: fresh copies, never the caller's tensors
-  at::Tensor v_state = state_like(v, state_shape, currents, sd, "v").clone();
-  at::Tensor tr_state = state_like(trpost, state_shape, currents, sd, "trpost").clone();
-  const at::Tensor beta_t = check_scalar_tensor(beta, currents, sd, "beta");
-  const at::Tensor theta_t = check_scalar_tensor(theta, currents, sd, "theta");
-  at::Tensor s = at::empty(currents.sizes(), cur.options());
-  std::vector<int64_t> saved_shape(currents.sizes().begin(), currents.sizes().end());
-  saved_shape[0] = T - save_from;
-  at::Tensor psi_saved = at::empty(saved_shape, cur.options().dtype(sd));
-  at::Tensor prev_saved = at::empty(saved_shape, cur.options().dtype(sd));
-  const int64_t N = v_state.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, cur.scalar_type(), "lif_sequence_cpu", [&] {
+  LifSequenceBuffers buf = prepare_lif_sequence(currents, v, trpost, beta, theta, psi, reset, post, save_from);
+  const int64_t T = buf.steps, N = buf.neurons, sf = buf.save_from;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, buf.currents.scalar_type(), "lif_sequence_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const acc_t b = beta_t.item<acc_t>(), th = theta_t.item<acc_t>();
+    const acc_t b = buf.beta.item<acc_t>(), th = buf.theta.item<acc_t>();
     const acc_t lam = static_cast<acc_t>(lambda_post);
-    const scalar_t* c = cur.const_data_ptr<scalar_t>();
-    scalar_t* sp = s.mutable_data_ptr<scalar_t>();
-    acc_t *vs = v_state.mutable_data_ptr<acc_t>(), *ts = tr_state.mutable_data_ptr<acc_t>();
-    acc_t *ps = psi_saved.mutable_data_ptr<acc_t>(), *prs = prev_saved.mutable_data_ptr<acc_t>();
+    const scalar_t* c = buf.currents.const_data_ptr<scalar_t>();
+    scalar_t* sp = buf.s.mutable_data_ptr<scalar_t>();
+    acc_t *vs = buf.v_state.mutable_data_ptr<acc_t>(), *ts = buf.trpost_state.mutable_data_ptr<acc_t>();
+    acc_t *ps = buf.psi_saved.mutable_data_ptr<acc_t>(), *prs = buf.prev_saved.mutable_data_ptr<acc_t>();
     const int64_t tiles = (N + kTile - 1) / kTile;
     const int64_t grain = std::max<int64_t>(1, kGrainSize / (kTile * std::max<int64_t>(T, 1)));
     dispatch_lif_config(psi, reset, post, [&](auto P, auto R, auto Q) {
@@ -154,12 +120,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_seque
         for (int64_t tile = begin; tile < end; ++tile) {
           const int64_t n0 = tile * kTile;
           lif_sequence_tile<decltype(P)::value, decltype(R)::value, decltype(Q)::value>(
-              c, vs, ts, sp, ps, prs, T, N, save_from, n0, std::min(kTile, N - n0), b, th, lam);
+              c, vs, ts, sp, ps, prs, T, N, sf, n0, std::min(kTile, N - n0), b, th, lam);
         }
       });
     });
   });
-  return {s, v_state, tr_state, psi_saved, prev_saved};
+  return {buf.s, buf.v_state, buf.trpost_state, buf.psi_saved, buf.prev_saved};
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 // Psi / reset / post arrive as the integer codes documented at the top of stllr.h, which follow
 // PSI_CODES, RESET_MODES and POST_MODES of stllr_kernels/psi.py (the source of truth).
 #include <Python.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "stllr.h"
@@ -52,6 +53,73 @@ at::Tensor state_like(const at::Tensor& t, at::IntArrayRef shape, const at::Tens
 int64_t check_save_from(int64_t save_from, int64_t steps) {
   TORCH_CHECK(save_from >= 0, "save_from: expected a step index >= 0, got ", save_from);
   return std::min(save_from, steps);
+}
+
+LifStepBuffers prepare_lif_step(const at::Tensor& current, const at::Tensor& v, const at::Tensor& trpost,
+                                const at::Tensor& beta, const at::Tensor& theta, int64_t psi,
+                                int64_t reset, int64_t post) {
+  check_floating(current, "current");
+  check_lif_codes(psi, reset, post);
+  const auto sd = state_dtype(current.scalar_type());
+  LifStepBuffers b;
+  b.current = current.contiguous();
+  b.v = state_like(v, current.sizes(), current, sd, "v");
+  b.trpost = state_like(trpost, current.sizes(), current, sd, "trpost");
+  b.beta = check_scalar_tensor(beta, current, sd, "beta");
+  b.theta = check_scalar_tensor(theta, current, sd, "theta");
+  b.s = at::empty(current.sizes(), b.current.options());
+  b.v_out = at::empty(current.sizes(), b.v.options());
+  b.trpost_out = at::empty(current.sizes(), b.v.options());
+  b.psi = at::empty(current.sizes(), b.v.options());
+  return b;
+}
+
+LifSequenceBuffers prepare_lif_sequence(const at::Tensor& currents, const at::Tensor& v,
+                                        const at::Tensor& trpost, const at::Tensor& beta,
+                                        const at::Tensor& theta, int64_t psi, int64_t reset,
+                                        int64_t post, int64_t save_from) {
+  check_floating(currents, "currents");
+  TORCH_CHECK(currents.dim() >= 1, "currents: expected a sequence [T, ...], got a 0-d tensor");
+  check_lif_codes(psi, reset, post);
+  const auto sd = state_dtype(currents.scalar_type());
+  const auto state_shape = currents.sizes().slice(1);
+  LifSequenceBuffers b;
+  b.steps = currents.size(0);
+  b.save_from = check_save_from(save_from, b.steps);
+  b.currents = currents.contiguous();
+  b.v_state = state_like(v, state_shape, currents, sd, "v").clone();
+  b.trpost_state = state_like(trpost, state_shape, currents, sd, "trpost").clone();
+  b.neurons = b.v_state.numel();
+  b.beta = check_scalar_tensor(beta, currents, sd, "beta");
+  b.theta = check_scalar_tensor(theta, currents, sd, "theta");
+  b.s = at::empty(currents.sizes(), b.currents.options());
+  std::vector<int64_t> saved_shape(currents.sizes().begin(), currents.sizes().end());
+  saved_shape[0] = b.steps - b.save_from;
+  b.psi_saved = at::empty(saved_shape, b.v_state.options());
+  b.prev_saved = at::empty(saved_shape, b.v_state.options());
+  return b;
+}
+
+TraceSequenceBuffers prepare_trace_sequence(const at::Tensor& x, const at::Tensor& trace, int64_t save_from) {
+  check_floating(x, "x");
+  TORCH_CHECK(x.dim() >= 1, "x: expected a sequence [T, ...], got a 0-d tensor");
+  const auto sd = state_dtype(x.scalar_type());
+  TraceSequenceBuffers b;
+  b.steps = x.size(0);
+  b.save_from = check_save_from(save_from, b.steps);
+  b.x = x.contiguous();
+  b.state = state_like(trace, x.sizes().slice(1), x, sd, "trace").clone();
+  b.size = b.state.numel();
+  std::vector<int64_t> saved_shape(x.sizes().begin(), x.sizes().end());
+  saved_shape[0] = b.steps - b.save_from;
+  b.saved = at::empty(saved_shape, b.state.options());
+  return b;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_pre_trace(const at::Tensor& trpre, const at::Tensor& x) {
+  check_floating(x, "x");
+  const at::Tensor tr = state_like(trpre, x.sizes(), x, state_dtype(x.scalar_type()), "trpre");
+  return {tr, x.contiguous(), at::empty(x.sizes(), tr.options())};
 }
 
 }  // namespace stllr

@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <type_traits>
@@ -28,13 +29,13 @@ constexpr int64_t kGrainSize = 32768;
 // Psi(u), with the operations in the order of psi.py so float32 results match the reference.
 template <int PSI, typename T>
 C10_HOST_DEVICE inline T psi_of(T u) {
-  const T au = u < T(0) ? -u : u;
+  const T au = std::abs(u);
   if constexpr (PSI == kFastSigmoid) {
     const T d = T(1) + T(100) * au;
     return T(1) / (d * d);
   } else if constexpr (PSI == kTriangle) {
     const T r = T(1) - au;
-    return T(0.3) * (r > T(0) ? r : T(0));
+    return T(0.3) * std::max(r, T(0));  // NaN stays NaN, as in clamp(min=0)
   } else {
     const T sg = T(1) / (T(1) + std::exp(-(T(4) * u)));
     return T(4) * sg * (T(1) - sg);
@@ -48,7 +49,7 @@ struct LifUpdate {
   C10_HOST_DEVICE inline LifUpdate(T current, T v_prev, T trpost_prev, T beta, T theta, T lambda_post) {
     const T v_t = beta * v_prev + current;
     const T u = v_t - theta;
-    spike = u > T(0) ? T(1) : T(0);
+    spike = static_cast<T>(u > T(0));
     v = RESET == kSoft ? v_t - theta * spike : v_t * (T(1) - spike);
     psi = psi_of<PSI>(u);
     trpost = lambda_post * trpost_prev + (POST == kPostSpike ? spike : psi);
@@ -86,6 +87,39 @@ at::Tensor check_scalar_tensor(const at::Tensor& t, const at::Tensor& like, c10:
 at::Tensor state_like(const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& like,
                       c10::ScalarType dtype, const char* name);
 int64_t check_save_from(int64_t save_from, int64_t steps);
+
+// ---------------------------------------------------------------- launch preparation (ops.cpp)
+// Each op's launcher (CPU or CUDA) gets its inputs checked, converted and contiguous, and its outputs
+// allocated, from one of these; the kernels then only loop.
+
+struct LifStepBuffers {
+  at::Tensor current, v, trpost, beta, theta;  // inputs (beta, theta: 0-d, state dtype)
+  at::Tensor s, v_out, trpost_out, psi;        // outputs
+};
+LifStepBuffers prepare_lif_step(const at::Tensor& current, const at::Tensor& v, const at::Tensor& trpost,
+                                const at::Tensor& beta, const at::Tensor& theta, int64_t psi,
+                                int64_t reset, int64_t post);
+
+struct LifSequenceBuffers {
+  at::Tensor currents, beta, theta;             // inputs, currents viewed as [T, N]
+  at::Tensor v_state, trpost_state;             // fresh copies of v, trpost: updated in place
+  at::Tensor s, psi_saved, prev_saved;          // outputs
+  int64_t steps, neurons, save_from;
+};
+LifSequenceBuffers prepare_lif_sequence(const at::Tensor& currents, const at::Tensor& v,
+                                        const at::Tensor& trpost, const at::Tensor& beta,
+                                        const at::Tensor& theta, int64_t psi, int64_t reset,
+                                        int64_t post, int64_t save_from);
+
+struct TraceSequenceBuffers {
+  at::Tensor x;                // input [T, ...], contiguous
+  at::Tensor state, saved;     // state: a fresh copy of the trace, updated in place
+  int64_t steps, size, save_from;
+};
+TraceSequenceBuffers prepare_trace_sequence(const at::Tensor& x, const at::Tensor& trace, int64_t save_from);
+
+// pre_trace: returns {trpre (state dtype, contiguous), x (contiguous), output}.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_pre_trace(const at::Tensor& trpre, const at::Tensor& x);
 
 // ---------------------------------------------------------------- eligibility (eligibility.cpp)
 

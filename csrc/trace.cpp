@@ -2,7 +2,6 @@
 // (all T steps in one pass, a tile of traces kept in a local buffer).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "stllr.h"
@@ -21,11 +20,7 @@ void trace_range(const acc_t* trace, const scalar_t* __restrict__ x, acc_t* out,
 }
 
 at::Tensor pre_trace_cpu(const at::Tensor& trpre, const at::Tensor& x, double lambda_pre) {
-  check_floating(x, "x");
-  const auto sd = state_dtype(x.scalar_type());
-  const at::Tensor tr = state_like(trpre, x.sizes(), x, sd, "trpre");
-  const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), tr.options());
+  auto [tr, xc, out] = prepare_pre_trace(trpre, x);
   const int64_t n = xc.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "pre_trace_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -40,45 +35,34 @@ at::Tensor pre_trace_cpu(const at::Tensor& trpre, const at::Tensor& x, double la
   return out;
 }
 
-constexpr int64_t kTile = 1024;
+constexpr int64_t kTile = 1024;  // traces kept in a local buffer across the T steps
 
 std::tuple<at::Tensor, at::Tensor> trace_sequence_cpu(const at::Tensor& x, const at::Tensor& trace,
                                                       double decay, int64_t save_from) {
-  check_floating(x, "x");
-  TORCH_CHECK(x.dim() >= 1, "x: expected a sequence [T, ...], got a 0-d tensor");
-  const auto sd = state_dtype(x.scalar_type());
-  const int64_t T = x.size(0);
-  save_from = check_save_from(save_from, T);
-  at::Tensor state = state_like(trace, x.sizes().slice(1), x, sd, "trace").clone();
-  const at::Tensor xc = x.contiguous();
-  std::vector<int64_t> saved_shape(x.sizes().begin(), x.sizes().end());
-  saved_shape[0] = T - save_from;
-  at::Tensor saved = at::empty(saved_shape, state.options());
-  const int64_t N = state.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xc.scalar_type(), "trace_sequence_cpu", [&] {
+  TraceSequenceBuffers buf = prepare_trace_sequence(x, trace, save_from);
+  const int64_t T = buf.steps, N = buf.size, sf = buf.save_from;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, buf.x.scalar_type(), "trace_sequence_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
-    acc_t* st = state.mutable_data_ptr<acc_t>();
-    acc_t* sv = saved.mutable_data_ptr<acc_t>();
+    const scalar_t* xp = buf.x.const_data_ptr<scalar_t>();
+    acc_t* st = buf.state.mutable_data_ptr<acc_t>();
+    acc_t* sv = buf.saved.mutable_data_ptr<acc_t>();
     const acc_t d = static_cast<acc_t>(decay);
     const int64_t tiles = (N + kTile - 1) / kTile;
     const int64_t grain = std::max<int64_t>(1, kGrainSize / (kTile * std::max<int64_t>(T, 1)));
     at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
-      acc_t buf[kTile];
+      acc_t local[kTile];
       for (int64_t tile = begin; tile < end; ++tile) {
         const int64_t n0 = tile * kTile, len = std::min(kTile, N - n0);
-        std::copy(st + n0, st + n0 + len, buf);
+        std::copy(st + n0, st + n0 + len, local);
         for (int64_t t = 0; t < T; ++t) {
-          trace_range(buf, xp + t * N + n0, buf, len, d);
-          if (t >= save_from) {
-            std::copy(buf, buf + len, sv + (t - save_from) * N + n0);
-          }
+          trace_range(local, xp + t * N + n0, local, len, d);
+          if (t >= sf) std::copy(local, local + len, sv + (t - sf) * N + n0);
         }
-        std::copy(buf, buf + len, st + n0);
+        std::copy(local, local + len, st + n0);
       }
     });
   });
-  return {saved, state};
+  return {buf.saved, buf.state};
 }
 
 }  // namespace

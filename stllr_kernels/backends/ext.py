@@ -17,10 +17,15 @@ from typing import Optional
 
 import torch
 
+from .. import reference
 from ..config import RuleConfig
 from ..psi import POST_MODES, PSI_CODES, RESET_MODES
 
 REBUILD_COMMAND = "pip install --no-build-isolation -e ."
+# Ops whose C++ CPU kernel measured slower than the reference (benchmarks/results/cpu_ops.md): on CPU
+# tensors this module runs the reference for them; the compiled op stays in use on CUDA and is
+# reachable as `<name>_compiled` (what the tests and the benchmark check).
+CPU_REFERENCE_FALLBACK = frozenset({"conv_backward"})
 BUILD_ERROR_FILE = Path(__file__).resolve().parents[2] / "csrc" / "build-error.txt"
 
 try:
@@ -101,6 +106,16 @@ def conv_backward(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tens
                   trpre: Tensor, weight: Tensor, stride, padding, dilation, groups: int,
                   alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
                   needs_bias_grad: bool = True):
+    fallback = grad_s.device.type == "cpu" and "conv_backward" in CPU_REFERENCE_FALLBACK
+    impl = reference.conv_backward if fallback else conv_backward_compiled
+    return impl(grad_s, psi, causal, trpost_prev, x, trpre, weight, stride, padding, dilation, groups,
+                alpha_post, alpha_pre, needs_input_grad, needs_bias_grad)
+
+
+def conv_backward_compiled(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tensor, x: Tensor,
+                           trpre: Tensor, weight: Tensor, stride, padding, dilation, groups: int,
+                           alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
+                           needs_bias_grad: bool = True):
     dx, dw, db = torch.ops.stllr.conv_backward(grad_s, psi, causal, trpost_prev, x, trpre, weight,
                                                _pair(stride, "stride"), _pair(padding, "padding"),
                                                _pair(dilation, "dilation"), int(groups),
