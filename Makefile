@@ -29,6 +29,7 @@ bench: venv $(VENV)/.bench-deps
 	$(PY) -m benchmarks.train_step
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.macs
+	$(PY) -m benchmarks.summary
 
 # compile-only check of csrc/cuda/*.cu with nvcc -arch=sm_90 (skipped, with a message, without nvcc)
 cuda-check: venv

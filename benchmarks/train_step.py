@@ -151,7 +151,15 @@ def main(argv=None) -> None:
         report.section(f"Where the time goes: {name}",
                        f"S-TLLR best {common.fmt_seconds(best)} vs SpikingJelly BPTT "
                        f"{common.fmt_seconds(sj) if sj else 'n/a'}. torch.profiler, one batch each, "
-                       "top ops by self CPU time.", "S-TLLR online [auto]:", f"```\n{ours}\n```",
+                       "top ops by self CPU time. Reading: `aten::var`, `div`, `sub`, `neg`, `mean` "
+                       "are mostly weight standardization, which each S-TLLR layer recomputes at every "
+                       "time step and back-propagates at every loss step (BPTT models standardize the "
+                       "feed-forward weights once per batch); `mm`/`addmm`/`convolution*` are the "
+                       "currents and the eligibility GEMMs/conv weight-gradients (S-TLLR's weight "
+                       "gradient costs two weight-gradient products per loss step, causal and non-causal "
+                       "terms, where BPTT's costs one per step, see macs.md); "
+                       "`stllr::*` are the backend's fused ops.",
+                       "S-TLLR online [auto]:", f"```\n{ours}\n```",
                        "SpikingJelly BPTT:", f"```\n{theirs}\n```")
     png = plot.bar_chart(chart, "seconds per batch", f"Training batch time ({device.type})",
                          report.path(".png"))

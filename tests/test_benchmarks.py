@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import backend
 
-from benchmarks import common, macs, memory, networks, train_step
+from benchmarks import common, macs, memory, networks, summary, train_step
 from stllr_kernels.nn import LinearRecSTLLR, LinearSTLLR
 
 
@@ -62,28 +62,42 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_train_step_quick(tmp_path):
-    train_step.main(["--quick", "--out", str(tmp_path), "--models", "shd"])
-    rows = _rows(tmp_path / "train_step_cpu.csv")
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """The three scripts in --quick mode, once, into one folder (as `make bench` fills results/)."""
+    out = tmp_path_factory.mktemp("results")
+    train_step.main(["--quick", "--out", str(out), "--models", "shd"])
+    memory.main(["--quick", "--out", str(out), "--models", "shd"])
+    macs.main(["--quick", "--out", str(out)])
+    return out
+
+
+def test_train_step_quick(quick_results):
+    rows = _rows(quick_results / "train_step_cpu.csv")
     assert {r["provider"] for r in rows} == set(train_step.PROVIDERS)
     assert all(r["median"] != "—" or r["note"] for r in rows)
-    assert (tmp_path / "train_step_cpu.png").stat().st_size > 0
-    assert "| SHD |" in (tmp_path / "train_step_cpu.md").read_text()
+    assert (quick_results / "train_step_cpu.png").stat().st_size > 0
+    assert "| SHD |" in (quick_results / "train_step_cpu.md").read_text()
 
 
-def test_memory_quick(tmp_path):
-    memory.main(["--quick", "--out", str(tmp_path), "--models", "shd"])
-    rows = _rows(tmp_path / "memory_cpu.csv")
+def test_memory_quick(quick_results):
+    rows = _rows(quick_results / "memory_cpu.csv")
     online = [int(r["peak_bytes"]) for r in rows if r["method"] == "S-TLLR online"]
     bptt = [int(r["peak_bytes"]) for r in rows if r["method"] == "BPTT (stllr_kernels.nn)"]
     assert online[0] == online[-1]  # S-TLLR online does not grow with T
     assert bptt[-1] > bptt[0]        # BPTT does
-    assert (tmp_path / "memory_cpu.png").stat().st_size > 0
+    assert (quick_results / "memory_cpu.png").stat().st_size > 0
 
 
-def test_macs_quick(tmp_path):
-    macs.main(["--quick", "--out", str(tmp_path)])
-    rows = _rows(tmp_path / "macs.csv")
+def test_macs_quick(quick_results):
+    rows = _rows(quick_results / "macs.csv")
     assert len(rows) == 4
     for r in rows:
         assert int(r["total_macs"]) > int(r["forward_macs"]) > 0
+
+
+def test_summary_reads_all_three(quick_results):
+    summary.main(["--out", str(quick_results)])
+    text = (quick_results / "summary_cpu.md").read_text()
+    assert "s / batch" in text and "peak memory" not in text  # quick memory has no T=100 row
+    assert "MACs / sample" in text
