@@ -274,6 +274,9 @@ class Report:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.parts = [f"# {title} ({device.type})" if per_device else f"# {title}", "",
                       f"Command: `{command_line()}`", ""]
+        if per_device and device.type == "cpu" and not torch.cuda.is_available():
+            self.parts += ["GPU figures: not measured by this run (no CUDA device visible); the same "
+                           f"command on a GPU machine writes {name}_cuda.md with the GPU sizes.", ""]
         self.info = machine_info(device)
         self.parts += ["## Machine", "", markdown_table(
             [{"item": k, "value": v} for k, v in self.info.items()], ["item", "value"]), ""]
