@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     report.section("Results", common.markdown_table(
         rows, ["model", "T", "delay-ls", "input", "method", "forward", "backward+update", "total",
                "BPTT / S-TLLR total", "BPTT / S-TLLR backward"]))
-    png = plot.bar_chart(chart, "GMACs per sample", "MACs per training sample", report.path(".png"))
+    png = plot.bar_chart(chart, "GMACs per sample", "MACs per training sample", report.path(".png"), log=False)
     report.parts += [f"![MACs]({png.name})", ""]
     print("wrote", report.write(rows))
 
