@@ -22,8 +22,10 @@ def bar_chart(groups: dict[str, dict[str, float]], ylabel: str, title: str, path
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
         ax.set_title(group, fontsize=10)
         ax.set_ylabel(ylabel)
-        if log:
+        vals = [values[n] for n in names]
+        if log and max(vals) > 20 * min(vals):  # a log axis only where a linear one would hide bars
             ax.set_yscale("log")
+            ax.set_ylim(bottom=min(vals) / 3)
         for b, n in zip(bars, names):
             ax.annotate(f"{values[n]:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center", va="bottom", fontsize=7)
