@@ -101,3 +101,21 @@ def test_summary_reads_all_three(quick_results):
     text = (quick_results / "summary_cpu.md").read_text()
     assert "s / batch" in text and "peak memory" not in text  # quick memory has no T=100 row
     assert "MACs / sample" in text
+
+
+def test_spikingjelly_vgg_is_the_same_network_as_the_bptt_vgg(seed):
+    """The SpikingJelly baseline computes the same forward as this package's BPTT model."""
+    pytest.importorskip("spikingjelly.activation_based.neuron")
+    spec = networks.GESTURE.with_(input_shape=(2, 8, 8), T=5, extra={"channels": (4, "pool", 6, 6)})
+    ours, theirs = networks.VGGBPTT(spec), networks.VGGSpikingJelly(spec)
+    convs = lambda model: [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]  # noqa: E731
+    for a, b in zip(convs(ours), convs(theirs)):
+        b.load_state_dict(a.state_dict())
+    theirs.fc.load_state_dict(ours.fc.state_dict())
+    x, _ = networks.make_batch(spec, 2, "cpu")
+    x = x * 3.0  # enough drive that every layer spikes
+    networks.reset_all(ours)
+    networks.reset_all(theirs)
+    out = ours(x)
+    assert out.std() > 0  # the last layer spiked: the comparison is not of two constant outputs
+    torch.testing.assert_close(theirs(x), out)
