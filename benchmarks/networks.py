@@ -219,7 +219,7 @@ def _sj_lif(leak: float, psi: str, step_mode: str):
     sg = {"sigmoid": surrogate.Sigmoid(alpha=4.0), "fast_sigmoid": surrogate.SoftSign(alpha=100.0),
           "triangle": surrogate.PiecewiseQuadratic(alpha=1.0)}[psi]
     beta = float(torch.sigmoid(torch.tensor(leak, dtype=torch.float64)))
-    tau = min(1.0 / (1.0 - beta), 1e6)
+    tau = 1.0 / (1.0 - beta)
     return neuron.LIFNode(tau=tau, decay_input=False, v_threshold=0.6, v_reset=None,
                           surrogate_function=sg, step_mode=step_mode)
 
