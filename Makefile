@@ -1,10 +1,11 @@
 # `make test`: a fresh machine to a passing suite. `make demo`: the main job (see README.md).
+# `make bench`: the CPU benchmarks (speed, memory, MACs) into benchmarks/results/, < 10 min on 2 cores.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test cuda-check demo clean
+.PHONY: venv test cuda-check demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -23,6 +24,16 @@ test: venv
 # the embedded main job: S-TLLR vs BPTT on scikit-learn's digits, table + plot in experiments/demo
 demo: venv
 	$(PY) -m training.demo
+
+$(VENV)/.bench-deps: $(VENV)/.installed requirements-bench.txt
+	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
+	touch $@
+
+bench: venv $(VENV)/.bench-deps
+	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.memory
+	$(PY) -m benchmarks.macs
+	$(PY) -m benchmarks.summary
 
 # compile-only check of csrc/cuda/*.cu with nvcc -arch=sm_90 (skipped, with a message, without nvcc)
 cuda-check: venv

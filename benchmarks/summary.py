@@ -1,0 +1,69 @@
+"""The headline table of the benchmark results (the one README.md shows), from their CSVs.
+
+    python -m benchmarks.summary [--device cpu]    # prints it and writes results/summary_<device>.md
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from benchmarks import common
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def headline(out: Path, device: str) -> str:
+    speed = _read(out / f"train_step_{device}.csv")
+    memory = _read(out / f"memory_{device}.csv")
+    macs = _read(out / "macs.csv")
+    lines = ["| model | measure | S-TLLR | BPTT (this package) | BPTT (SpikingJelly) | naive S-TLLR |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for model in dict.fromkeys(r["model"] for r in speed + memory + macs):
+        t = {r["provider"]: r for r in speed if r["model"] == model}
+        if t:
+            def cell(label):
+                r = t.get(label)
+                return f"{r['median']} ({r['ratio']})" if r and r.get("median_s") else "—"
+            online, fused = t.get("S-TLLR online [auto]"), t.get("S-TLLR time-fused [auto]")
+            stllr = (f"online {online['median']} [{online['backend']}], time-fused "
+                     f"{fused['median'] if fused else '—'}") if online else "—"
+            lines.append(f"| {model} | s / batch ({t[next(iter(t))]['shape']}) | {stllr} | "
+                         f"{cell('BPTT (stllr_kernels.nn)')} | {cell('BPTT (SpikingJelly)')} | "
+                         f"{cell('S-TLLR naive outer-product')} |")
+        m = {r["method"]: r for r in memory if r["model"] == model and r["T"] == "100"}
+        if m:
+            def mem(label):
+                r = m.get(label)
+                return f"{r['peak']} ({r['x S-TLLR online']})" if r else "—"
+            lines.append(f"| {model} | peak memory, T=100, B={m['S-TLLR online']['batch']} | online "
+                         f"{m['S-TLLR online']['peak']}, time-fused {m['S-TLLR time-fused']['peak']} | "
+                         f"{mem('BPTT (stllr_kernels.nn)')} | {mem('BPTT (SpikingJelly)')} | — |")
+        c = {r["method"]: r for r in macs if r["model"] == model}
+        if c:
+            lines.append(f"| {model} | MACs / sample (T={c['S-TLLR']['T']}, delay-ls "
+                         f"{c['S-TLLR']['delay-ls']}) | {c['S-TLLR']['total']} | {c['BPTT']['total']} "
+                         f"({c['BPTT']['BPTT / S-TLLR total']}) | — | — |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=common.RESULTS_DIR)
+    args = p.parse_args(argv)
+    table = headline(args.out, args.device)
+    note = ("Ratios in parentheses: time or memory over S-TLLR online, MACs BPTT over S-TLLR. "
+            f"Details: [train_step_{args.device}.md](train_step_{args.device}.md), "
+            f"[memory_{args.device}.md](memory_{args.device}.md), [macs.md](macs.md).")
+    (args.out / f"summary_{args.device}.md").write_text(f"# Benchmark summary ({args.device})\n\n{table}\n\n{note}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

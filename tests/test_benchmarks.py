@@ -1,0 +1,121 @@
+"""The benchmark scripts run (tiny --quick sizes) and their measuring tools measure what they claim."""
+import csv
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import backend
+
+from benchmarks import common, macs, memory, networks, summary, train_step
+from stllr_kernels.nn import LinearRecSTLLR, LinearSTLLR
+
+
+def test_naive_outer_product_matches_the_package(seed):
+    """The naive per-sample formula (the train_step baseline) gives the package's S-TLLR gradients."""
+    K, N, B, T = 7, 5, 3, 4
+    fast = LinearRecSTLLR(K, N, factors=(0.5, 0.9, -0.3, 1.0))
+    naive = networks.NaiveLinearRecSTLLR(K, N, factors=(0.5, 0.9, -0.3, 1.0))
+    naive.load_state_dict(fast.state_dict())
+    x = (torch.rand(T, B, K) < 0.5).float() * 2.0  # strong input: the layer spikes
+    with backend("torch"):
+        for layer in (fast, naive):
+            layer.reset_state()
+            for t in range(T):
+                (layer(x[t]) * torch.linspace(-1, 1, N)).sum().backward()
+    for name, p in fast.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(dict(naive.named_parameters())[name].grad, p.grad,
+                                       msg=f"gradient of {name}")
+    assert fast.weight_rec.grad.abs().sum() > 0  # the recurrent term was exercised
+
+
+def test_live_tensor_tracker_counts_saved_and_freed_tensors():
+    x = torch.randn(256, 256, requires_grad=True)  # before the tracker: not counted
+    tracker = common.LiveTensorTracker()
+    nbytes = 256 * 256 * 4
+    with tracker:
+        y = (x * 2).sigmoid()  # x*2 is freed, the sigmoid output is saved for backward
+        assert tracker.current == nbytes
+        y.sum().backward()
+        del y
+    assert tracker.current == nbytes  # only x.grad is left
+    assert nbytes * 2 <= tracker.peak <= nbytes * 4
+
+
+def test_count_macs_of_one_stllr_step_matches_the_analytic_count():
+    B, K, N = 3, 11, 5
+    layer = LinearSTLLR(K, N, normalization=False)
+    x = torch.rand(B, K, requires_grad=True)
+    with backend("torch"):  # as macs.py counts: the reference ops are aten matmuls
+        forward = common.count_macs(lambda: layer(x))
+        layer.reset_state()
+        total = common.count_macs(
+            lambda: F.cross_entropy(layer(x), torch.zeros(B, dtype=torch.long)).backward())
+    assert forward == B * N * K
+    # backward: dW is two GEMMs (causal and non-causal terms), dx one
+    assert total == forward + 3 * B * N * K
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """The three scripts in --quick mode, once, into one folder (as `make bench` fills results/)."""
+    out = tmp_path_factory.mktemp("results")
+    train_step.main(["--quick", "--out", str(out), "--models", "shd"])
+    memory.main(["--quick", "--out", str(out), "--models", "shd"])
+    macs.main(["--quick", "--out", str(out)])
+    return out
+
+
+def test_train_step_quick(quick_results):
+    rows = _rows(quick_results / "train_step_cpu.csv")
+    assert {r["provider"] for r in rows} == set(train_step.PROVIDERS)
+    assert all(r["median"] != "—" or r["note"] for r in rows)
+    assert (quick_results / "train_step_cpu.png").stat().st_size > 0
+    assert "| SHD |" in (quick_results / "train_step_cpu.md").read_text()
+
+
+def test_memory_quick(quick_results):
+    rows = _rows(quick_results / "memory_cpu.csv")
+    online = [int(r["peak_bytes"]) for r in rows if r["method"] == "S-TLLR online"]
+    bptt = [int(r["peak_bytes"]) for r in rows if r["method"] == "BPTT (stllr_kernels.nn)"]
+    assert online[0] == online[-1]  # S-TLLR online does not grow with T
+    assert bptt[-1] > bptt[0]        # BPTT does
+    assert (quick_results / "memory_cpu.png").stat().st_size > 0
+
+
+def test_macs_quick(quick_results):
+    rows = _rows(quick_results / "macs.csv")
+    assert len(rows) == 4
+    for r in rows:
+        assert int(r["total_macs"]) > int(r["forward_macs"]) > 0
+
+
+def test_summary_reads_all_three(quick_results):
+    summary.main(["--out", str(quick_results)])
+    text = (quick_results / "summary_cpu.md").read_text()
+    assert "s / batch" in text and "peak memory" not in text  # quick memory has no T=100 row
+    assert "MACs / sample" in text
+
+
+def test_spikingjelly_vgg_is_the_same_network_as_the_bptt_vgg(seed):
+    """The SpikingJelly baseline computes the same forward as this package's BPTT model."""
+    pytest.importorskip("spikingjelly.activation_based.neuron")
+    spec = networks.GESTURE.with_(input_shape=(2, 8, 8), T=5, extra={"channels": (4, "pool", 6, 6)})
+    ours, theirs = networks.VGGBPTT(spec), networks.VGGSpikingJelly(spec)
+    convs = lambda model: [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]  # noqa: E731
+    for a, b in zip(convs(ours), convs(theirs)):
+        b.load_state_dict(a.state_dict())
+    theirs.fc.load_state_dict(ours.fc.state_dict())
+    x, _ = networks.make_batch(spec, 2, "cpu")
+    x = x * 3.0  # enough drive that every layer spikes
+    networks.reset_all(ours)
+    networks.reset_all(theirs)
+    out = ours(x)
+    assert out.std() > 0  # the last layer spiked: the comparison is not of two constant outputs
+    torch.testing.assert_close(theirs(x), out)
