@@ -11,6 +11,7 @@ import torch
 import stllr_kernels
 from benchmarks import common, networks, plot
 from benchmarks.networks import CIFAR10DVS, GESTURE, SHD, ModelSpec
+from training.engine import predict
 
 PAPER_REDUCTION = "1.3-6.6x"  # the paper's reported MAC reduction of S-TLLR against BPTT
 METHODS = {"S-TLLR": "stllr_online", "BPTT": "bptt"}
@@ -18,35 +19,22 @@ METHODS = {"S-TLLR": "stllr_online", "BPTT": "bptt"}
 
 def configs(args) -> list[ModelSpec]:
     if args.quick:
-        return [SHD.with_(input_shape=(40,), T=6, delay_ls=4, extra={"hidden": 24}),
-                GESTURE.with_(input_shape=(2, 8, 8), T=4, delay_ls=1, extra={"channels": (4, 8, "pool", 8)})]
+        return [SHD.with_(T=3, delay_ls=2), GESTURE.with_(T=2, delay_ls=1)]
     return [SHD, GESTURE, CIFAR10DVS]
-
-
-def forward_only(model, x) -> None:
-    """The forward pass over all T without autograd: the forward share of the count."""
-    networks.reset_all(model)
-    with torch.no_grad():
-        if isinstance(model, (networks.SHDSTLLR, networks.VGGSTLLR)):
-            for x_t in x:
-                model(x_t)
-        else:
-            model(x)
 
 
 def count(spec: ModelSpec, method: str, batch: int) -> tuple[int, int]:
     """(forward MACs, total MACs of one training batch) per sample."""
-    builder, batch_fn = networks.methods(spec)[method]
     torch.manual_seed(0)
-    model = builder(spec)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)  # the optimizer does no matmuls either way
+    trainer = networks.make_trainer(spec, method, "cpu")  # its Adam does no matmuls
     x, y = networks.make_batch(spec, batch, "cpu")
     # the `torch` backend runs the rule as aten matmuls/convs the counter sees (a compiled backend
     # does the same arithmetic inside its own ops, invisible to it)
     stllr_kernels.set_backend("torch")
     try:
-        fwd = common.count_macs(lambda: forward_only(model, x))
-        total = common.count_macs(lambda: batch_fn(model, x, y, spec.delay_ls, opt))
+        # the forward share: the same model over all T without autograd (the engine's predict)
+        fwd = common.count_macs(lambda: predict(trainer.model, x))
+        total = common.count_macs(lambda: trainer.train_batch(x, y))
     finally:
         stllr_kernels.set_backend("auto")
     return fwd // batch, total // batch
@@ -83,7 +71,8 @@ def main(argv=None) -> None:
         print(lines[-1])
     bar.close()
     report.section("Method", "Counted with torch.utils.flop_counter.FlopCounterMode (MACs = FLOPs / 2) "
-                   "over one training batch: every mm/addmm/bmm/convolution the forward and backward "
+                   "over one training batch of the training package's models (`training.models`, built and "
+                   "trained as `python -m training` does, see networks.py): every mm/addmm/bmm/convolution the forward and backward "
                    "run, including the S-TLLR eligibility GEMMs and conv weight-gradients inside the "
                    "custom backward (run with the `torch` backend, whose ops the counter sees; every backend "
                    "does the same arithmetic); element-wise work (LIF updates, traces, Psi) is not counted. "

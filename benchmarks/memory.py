@@ -29,9 +29,7 @@ T_VALUES = (10, 25, 50, 100, 200)
 def configs(args, device: torch.device) -> list[tuple[ModelSpec, int, tuple]]:
     """(model, batch, T values)."""
     if args.quick:
-        return [(SHD.with_(input_shape=(40,), T=10, delay_ls=9, extra={"hidden": 24}), 3, (4, 8)),
-                (GESTURE.with_(input_shape=(2, 8, 8), T=4, delay_ls=1,
-                               extra={"channels": (4, 8, "pool", 8)}), 1, (4, 8))]
+        return [(SHD, 3, (4, 8)), (GESTURE, 1, (4, 8))]
     vgg_ts = tuple(int(t) for t in args.vgg_T.split(",")) if args.vgg_T else T_VALUES
     return [(SHD, 128, T_VALUES), (GESTURE, args.vgg_batch, vgg_ts)]
 
@@ -44,16 +42,16 @@ def loss_steps(spec: ModelSpec, T: int) -> int:
 def measure(spec: ModelSpec, method: str, batch: int, T: int, device: torch.device) -> int:
     """Peak bytes of one training batch at T steps, after a 2-step warm-up batch that creates the
     optimizer state (so that the peak is the batch's own: activations, saved tensors, gradients)."""
-    builder, batch_fn = networks.methods(spec)[method]
     run_spec = spec.with_(T=T, delay_ls=loss_steps(spec, T))
     torch.manual_seed(0)
-    model = builder(spec).to(device)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    trainer = networks.make_trainer(run_spec, method, device)
     x, y = networks.make_batch(run_spec, batch, device)
-    batch_fn(model, x[:2], y, 1, opt)
+    trainer.delay_ls = 1
+    trainer.train_batch(x[:2], y)
+    trainer.delay_ls = run_spec.delay_ls
     gc.collect()
-    peak = common.peak_tensor_bytes(lambda: batch_fn(model, x, y, run_spec.delay_ls, opt), device)
-    del model, opt, x, y
+    peak = common.peak_tensor_bytes(lambda: trainer.train_batch(x, y), device)
+    del trainer, x, y
     gc.collect()
     return peak
 
@@ -84,7 +82,8 @@ def main(argv=None) -> None:
                              "x S-TLLR online": f"{peaks[label, T] / base:.1f}x" if base else ""})
                 series.setdefault(spec.name, {}).setdefault(label, []).append(
                     (T, peaks[label, T] / 2 ** 20))
-        params = sum(p.numel() * p.element_size() for p in networks.methods(spec)["stllr_online"][0](spec).parameters())
+        model = networks.make_trainer(spec, "stllr_online", "cpu").model
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
         summary.append(_goals(spec, ts, peaks) + f" (model parameters: {common.fmt_bytes(params)}; the "
                        "gradients, standardized weights and their autograd intermediates are "
                        "weight-sized tensors that do not grow with T)")
@@ -93,7 +92,8 @@ def main(argv=None) -> None:
         print(line)
     report.section("Method", f"Memory = {common.MEMORY_METHOD[device.type]}. Each configuration builds "
                    "a fresh model and optimizer, runs a 2-step warm-up batch (creating Adam's state), "
-                   "then measures one training batch. Tensor bytes do not depend on the machine's load. Loss steps scale with T in the paper's proportion "
+                   "then measures one training batch (the training package's models and engine, see "
+                   "networks.py; dropout as in training, train mode). Tensor bytes do not depend on the machine's load. Loss steps scale with T in the paper's proportion "
                    f"(SHD {SHD.delay_ls}/{SHD.T}, Gesture {GESTURE.delay_ls}/{GESTURE.T}). Batch: SHD 128, "
                    f"VGG {args.vgg_batch if not args.quick else 1} (input 2x32x32).")
     report.section("Goals", *summary)

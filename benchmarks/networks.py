@@ -1,61 +1,86 @@
-"""The networks the benchmarks train, built four ways, and one training batch for each way.
+"""The networks the benchmarks train, and how one training batch of each is run.
 
-Shapes follow SPEC section 7: the SHD model (700 -> recurrent 450 -> leaky readout 20) and the VGG of
-the DVS Gesture / CIFAR10-DVS runs (64, 128, pool, 256, 256, pool, 512, 512, pool, 512, 512, global
-average pool, linear). Each exists as
-  - S-TLLR with this package's layers (`stllr`): stepped online, or handed the whole sequence
-    (time-fused mode);
-  - S-TLLR with the naive per-sample outer-product backward (`naive`, SHD only): what the original
-    code does for its recurrent layer, B x N x K eligibility tensors per step;
-  - BPTT with this package's baseline layers (`bptt`);
-  - BPTT of the same network with SpikingJelly's LIF neurons (`spikingjelly`).
-Dropout is left out everywhere (it changes no cost worth measuring).
+The S-TLLR and BPTT networks are the training package's own (`training.models`), built from the
+original README's command lines parsed by `python -m training`'s parser, with its optimizer and
+trained by its engine (`training.engine.Trainer.train_batch`, no progress bar or logging inside).
+They include the models' dropout, in train mode, as real training runs them.
+What exists only here:
+  - `naive` (SHD only): the S-TLLR SHD model whose recurrent layer's backward forms the per-sample
+    B x N x K eligibility tensors of the original code (the layer's class swapped in place);
+  - `spikingjelly`: the BPTT model with its LIF neurons replaced by SpikingJelly's `LIFNode`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+import copy
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from stllr_kernels import nn as snn
-from stllr_kernels.reference import pre_trace
 from stllr_kernels.psi import apply_psi
-
-VGG_CHANNELS = (64, 128, "pool", 256, 256, "pool", 512, 512, "pool", 512, 512)
+from stllr_kernels.reference import beta_of, pre_trace, theta_of
+from training.cli import build_parser
+from training.data import DATASETS
+from training.engine import Trainer, make_loss
+from training.models import ARCHS, SpikingModel, build_model
+from training.runner import make_optimizer
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One paper model: its input, time steps, loss steps (--delay-ls) and rule settings."""
+    """One paper model: the original's flags of its S-TLLR and BPTT runs, and the time steps T.
+
+    delay_ls (the loss steps) defaults to the S-TLLR run's --delay-ls."""
 
     name: str
     kind: str                      # "shd" or "vgg"
-    input_shape: tuple             # per sample, per step
-    classes: int
+    stllr_flags: tuple
+    bptt_flags: tuple
     T: int
-    delay_ls: int
-    factors: tuple
-    psi: str
-    pool: str = "max"              # vgg only
-    extra: dict = field(default_factory=dict)
+    delay_ls: Optional[int] = None
+
+    def __post_init__(self):
+        if self.delay_ls is None:
+            object.__setattr__(self, "delay_ls", self.args("stllr").delay_ls)
+
+    def args(self, which: str, *extra: str):
+        """The namespace `python -m training` builds from this run's flags (plus `extra`)."""
+        flags = self.stllr_flags if which == "stllr" else self.bptt_flags
+        return build_parser().parse_args([*flags, *extra])
+
+    @property
+    def dataset(self):
+        return DATASETS[ARCHS[self.args("stllr").arch].dataset]
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.dataset.frame_shape)
 
     def with_(self, **changes) -> "ModelSpec":
-        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        fields.update(changes)
-        return ModelSpec(**fields)
+        return replace(self, **changes)
 
 
-SHD = ModelSpec("SHD", "shd", (700,), 20, T=100, delay_ls=90, factors=(0.5, 1.0, 1.0, 1.0),
-                psi="fast_sigmoid", extra={"hidden": 450})
-GESTURE = ModelSpec("DVS Gesture VGG", "vgg", (2, 32, 32), 11, T=20, delay_ls=5,
-                    factors=(0.2, 0.75, -1.0, 1.0), psi="triangle", pool="max")
-CIFAR10DVS = ModelSpec("CIFAR10-DVS VGG", "vgg", (2, 48, 48), 10, T=10, delay_ls=5,
-                       factors=(0.2, 0.5, -1.0, 1.0), psi="sigmoid", pool="avg")
-READOUT_FACTORS = (0.0, 0.99, 0.0, 1.0)  # the SHD readout's factors (SPEC section 4)
-SHD_LEAK_STLLR, SHD_LEAK_BPTT, VGG_LEAK = 5.0, 15.0, 0.0
+# The original README's command lines (flags that change the model, loss or optimizer).
+SHD = ModelSpec("SHD", "shd", T=100,
+                stllr_flags=("--arch", "stllr_shd_net", "--dataset", "SHD", "--lr", "0.0002",
+                             "--factors-stdp", "0.5", "1", "1", "1", "--delay-ls", "90"),
+                bptt_flags=("--arch", "bptt_shd_net", "--dataset", "SHD", "--lr", "0.0002",
+                            "--training-mode", "bptt"))
+GESTURE = ModelSpec("DVS Gesture VGG", "vgg", T=20,
+                    stllr_flags=("--arch", "dvs_vgg_stllr", "--dataset", "DVSGesture", "--delay-ls", "5",
+                                 "--factors-stdp", "0.2", "0.75", "-1", "1", "--pooling", "MAX"),
+                    bptt_flags=("--arch", "dvs_vgg_bptt", "--dataset", "DVSGesture", "--delay-ls", "5",
+                                "--pooling", "MAX", "--training-mode", "bptt"))
+CIFAR10DVS = ModelSpec("CIFAR10-DVS VGG", "vgg", T=10,
+                       stllr_flags=("--arch", "dvscifar10_vgg11_stllr", "--dataset", "CIFAR10DVS",
+                                    "--lr", "0.001", "--delay-ls", "5", "--factors-stdp", "0.2", "0.5", "-1",
+                                    "1", "--pooling", "AVG", "--activation", "STLLRConv2dSigmoid"),
+                       bptt_flags=("--arch", "dvscifar10_vgg_bptt", "--dataset", "CIFAR10DVS", "--lr",
+                                   "0.001", "--pooling", "AVG", "--activation", "GradSigmoid",
+                                   "--training-mode", "bptt"))
 
 
 def make_batch(spec: ModelSpec, batch: int, device, seed: int = 0):
@@ -63,7 +88,7 @@ def make_batch(spec: ModelSpec, batch: int, device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     rate = 0.05 if spec.kind == "shd" else 0.1
     x = (torch.rand((spec.T, batch, *spec.input_shape), generator=g) < rate).float()
-    y = torch.randint(0, spec.classes, (batch,), generator=g)
+    y = torch.randint(0, spec.dataset.num_classes, (batch,), generator=g)
     return x.to(device), y.to(device)
 
 
@@ -122,212 +147,85 @@ class NaiveLinearRecSTLLR(snn.LinearRecSTLLR):
         return s
 
 
-# ----------------------------------------------------------------------------- S-TLLR models
-
-class SHDSTLLR(nn.Module):
-    def __init__(self, spec: ModelSpec, naive: bool = False):
-        super().__init__()
-        rec = NaiveLinearRecSTLLR if naive else snn.LinearRecSTLLR
-        hidden = spec.extra["hidden"]
-        self.rec = rec(spec.input_shape[0], hidden, leak=SHD_LEAK_STLLR, factors=spec.factors, psi=spec.psi)
-        self.readout = snn.LinearSTLLR(hidden, spec.classes, leak=SHD_LEAK_STLLR, accumulate=True,
-                                       factors=READOUT_FACTORS)
-
-    def forward(self, x, loss_steps: Optional[int] = None):
-        if loss_steps is None:
-            return self.readout(self.rec(x))
-        return self.readout(self.rec(x, loss_steps=loss_steps), loss_steps=loss_steps)
+def with_naive_recurrence(model: nn.Module) -> nn.Module:
+    """The same model, its recurrent S-TLLR layers running the naive backward (online steps only)."""
+    for m in model.modules():
+        if type(m) is snn.LinearRecSTLLR:
+            m.__class__ = NaiveLinearRecSTLLR
+    return model
 
 
-class VGGSTLLR(nn.Module):
-    """The original's S-TLLR VGG: Conv2dSTLLR layers (leak 0), pools, global pool, nn.Linear."""
+# ----------------------------------------------------------------------------- SpikingJelly
 
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        layers, cin = [], spec.input_shape[0]
-        for c in spec.extra.get("channels", VGG_CHANNELS):
-            if c == "pool":
-                layers.append(nn.MaxPool2d(2) if spec.pool == "max" else nn.AvgPool2d(2))
-            else:
-                layers.append(snn.Conv2dSTLLR(cin, c, 3, 1, 1, leak=VGG_LEAK, factors=spec.factors,
-                                              psi=spec.psi))
-                cin = c
-        self.features = nn.ModuleList(layers)
-        self.fc = nn.Linear(cin, spec.classes)
-
-    def forward(self, x, loss_steps: Optional[int] = None):
-        seq = loss_steps is not None
-        for layer in self.features:
-            if isinstance(layer, snn.Conv2dSTLLR):
-                x = layer(x, loss_steps=loss_steps) if seq else layer(x)
-            else:
-                x = _per_frame(layer, x) if seq else layer(x)
-        return self.fc(x.mean((-2, -1)))
-
-
-def _per_frame(module: nn.Module, x_seq):
-    """Apply a stateless 4-d module to a [T, B, C, H, W] sequence."""
-    out = module(x_seq.flatten(0, 1))
-    return out.view(*x_seq.shape[:2], *out.shape[1:])
-
-
-# ----------------------------------------------------------------------------- BPTT models
-
-class SHDBPTT(nn.Module):
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        hidden = spec.extra["hidden"]
-        self.rec = snn.LinearRecLIF(spec.input_shape[0], hidden, leak=SHD_LEAK_BPTT, psi=spec.psi)
-        self.readout = snn.LeakyReadout(hidden, spec.classes, leak=SHD_LEAK_STLLR)
-
-    def forward(self, x_seq):
-        return torch.stack([self.readout(self.rec(x)) for x in x_seq])
-
-
-class VGGBPTT(nn.Module):
-    """WSConv2d over the whole sequence at once, then the package's LIF stepped through time."""
-
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        layers, cin = [], spec.input_shape[0]
-        for c in spec.extra.get("channels", VGG_CHANNELS):
-            if c == "pool":
-                layers.append(nn.MaxPool2d(2) if spec.pool == "max" else nn.AvgPool2d(2))
-            else:
-                layers += [snn.WSConv2d(cin, c, 3, 1, 1), snn.LIF(leak=VGG_LEAK, psi=spec.psi)]
-                cin = c
-        self.features = nn.ModuleList(layers)
-        self.fc = nn.Linear(cin, spec.classes)
-
-    def forward(self, x_seq):
-        for layer in self.features:
-            if isinstance(layer, snn.LIF):
-                x_seq = torch.stack([layer(c) for c in x_seq])
-            else:
-                x_seq = _per_frame(layer, x_seq)
-        return self.fc(x_seq.mean((-2, -1)))
-
-
-# ----------------------------------------------------------------------------- SpikingJelly models
-
-def _sj_lif(leak: float, psi: str, step_mode: str):
-    """SpikingJelly's LIF set up as SPEC's LIF: v = beta v + I (decay_input=False, tau = 1/(1-beta)),
-    soft reset (v_reset=None), threshold 0.6; surrogate: Sigmoid(4) for sigmoid (identical),
-    SoftSign(100) for fast_sigmoid (same shape, 50x scale), PiecewiseQuadratic(1) for triangle
-    (same shape, no 0.3 factor)."""
+def spikingjelly_lif(lif: snn.LIF, step_mode: str):
+    """SpikingJelly's LIFNode set up as this LIF: v = beta v + I (decay_input=False,
+    tau = 1/(1-beta)), soft reset (v_reset=None), same threshold; surrogate: Sigmoid(4) for sigmoid
+    (identical), SoftSign(100) for fast_sigmoid (same shape, 50x scale), PiecewiseQuadratic(1) for
+    triangle (same shape, no 0.3 factor)."""
     from spikingjelly.activation_based import neuron, surrogate
+    if lif.reset_mechanism != "soft":
+        raise ValueError(f"spikingjelly_lif: only the soft reset maps to LIFNode, got {lif.reset_mechanism!r}")
     sg = {"sigmoid": surrogate.Sigmoid(alpha=4.0), "fast_sigmoid": surrogate.SoftSign(alpha=100.0),
-          "triangle": surrogate.PiecewiseQuadratic(alpha=1.0)}[psi]
-    beta = float(torch.sigmoid(torch.tensor(leak, dtype=torch.float64)))
-    tau = 1.0 / (1.0 - beta)
-    return neuron.LIFNode(tau=tau, decay_input=False, v_threshold=0.6, v_reset=None,
-                          surrogate_function=sg, step_mode=step_mode)
+          "triangle": surrogate.PiecewiseQuadratic(alpha=1.0)}[lif.psi]
+    beta = float(beta_of(lif.leak.detach().double()))
+    return neuron.LIFNode(tau=1.0 / (1.0 - beta), decay_input=False, v_threshold=float(theta_of(lif.threshold)),
+                          v_reset=None, surrogate_function=sg, step_mode=step_mode)
 
 
-class SHDSpikingJelly(nn.Module):
-    """Input projection over the sequence in one GEMM; the recurrence steps SpikingJelly's LIF
-    (single-step mode: the recurrence needs s[t-1] before step t); a leaky readout."""
+class _TimeFolded(nn.Module):
+    """Inside a BPTT VGG's step run on [T*B, ...]: applies a [T, B, ...] module (SpikingJelly's
+    multi-step LIF, the per-sequence dropout) to the unfolded tensor."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, module: nn.Module, owner: "SpikingJellyModel", **kwargs):
         super().__init__()
-        hidden = spec.extra["hidden"]
-        self.fc = snn.WSLinear(spec.input_shape[0], hidden)
-        self.rec = snn.WSLinear(hidden, hidden, bias=False)
-        self.lif = _sj_lif(SHD_LEAK_BPTT, spec.psi, "s")
-        self.out = nn.Linear(hidden, spec.classes)
-        self.beta = float(torch.sigmoid(torch.tensor(SHD_LEAK_STLLR)))
+        self.module, self.kwargs = module, kwargs
+        self.owner = [owner]  # a list: not registered as a submodule (no cycle)
 
-    def forward(self, x_seq):
-        currents = self.fc(x_seq)
-        s = torch.zeros_like(currents[0])
-        spikes = []
-        for c in currents:
-            s = self.lif(c + self.rec(s))
-            spikes.append(s)
-        readout_in = self.out(torch.stack(spikes))
-        v, outs = 0.0, []
-        for c in readout_in:
-            v = self.beta * v + c
-            outs.append(v)
-        return torch.stack(outs)
+    def forward(self, x):
+        T = self.owner[0].T
+        return self.module(x.view(T, x.shape[0] // T, *x.shape[1:]), **self.kwargs).flatten(0, 1)
 
 
-class VGGSpikingJelly(nn.Module):
-    """WSConv2d and pools over [T*B] (SeqToANNContainer), SpikingJelly's multi-step LIF."""
+class SpikingJellyModel(SpikingModel):
+    """A copy of a training BPTT model whose LIF neurons are SpikingJelly's.
 
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        from spikingjelly.activation_based import layer as sj_layer
-        layers, cin = [], spec.input_shape[0]
-        for c in spec.extra.get("channels", VGG_CHANNELS):
-            if c == "pool":
-                layers.append(sj_layer.SeqToANNContainer(nn.MaxPool2d(2) if spec.pool == "max"
-                                                         else nn.AvgPool2d(2)))
-            else:
-                layers += [sj_layer.SeqToANNContainer(snn.WSConv2d(cin, c, 3, 1, 1)),
-                           _sj_lif(VGG_LEAK, spec.psi, "m")]
-                cin = c
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, spec.classes)
+    VGG: the whole sequence goes through the copy's own `step` as [T*B, ...] (convs and pools per
+    frame), each LIF being SpikingJelly's multi-step LIFNode over [T, B, ...]. SHD: the input
+    projection over the sequence in one GEMM, the recurrence stepping a single-step LIFNode (it
+    needs s[t-1] before step t), the same leaky readout."""
 
-    def forward(self, x_seq):
-        return self.fc(self.features(x_seq).mean((-2, -1)))
+    uses_stllr = False
 
-
-def reset_all(model: nn.Module) -> None:
-    snn.reset_states(model)
-    if any(type(m).__module__.startswith("spikingjelly") for m in model.modules()):
-        from spikingjelly.activation_based import functional as sj_functional
-        sj_functional.reset_net(model)
-
-
-# ----------------------------------------------------------------------------- training batches
-
-def stllr_online_batch(model, x, y, delay_ls: int, opt) -> None:
-    """SPEC section 6 `stllr`: step through T, backward each of the last D steps' loss, one optimizer
-    step. Steps before the loss window run without autograd (they keep nothing)."""
-    reset_all(model)
-    opt.zero_grad()
-    T = x.shape[0]
-    for t in range(T):
-        if t < T - delay_ls:
-            with torch.no_grad():
-                model(x[t])
+    def __init__(self, bptt: SpikingModel):
+        self.input_shape, self.num_classes = bptt.input_shape, bptt.num_classes
+        super().__init__("BP")
+        self.net, self.T = copy.deepcopy(bptt), 1
+        rec = getattr(self.net, "linear1", None)
+        if isinstance(rec, snn.LinearRecLIF):
+            self.sj_lif = spikingjelly_lif(rec.lif, "s")
         else:
-            F.cross_entropy(model(x[t]), y).backward()
-    opt.step()
+            net = self.net
+            net.lifs = nn.ModuleList(_TimeFolded(spikingjelly_lif(lif, "m"), self) for lif in net.lifs)
+            net.drops = nn.ModuleList(_TimeFolded(d, self, sequence=True) for d in net.drops)
 
+    def reset_states(self) -> None:
+        from spikingjelly.activation_based import functional as sj_functional
+        snn.reset_states(self)
+        sj_functional.reset_net(self)
 
-def stllr_fused_batch(model, x, y, delay_ls: int, opt) -> None:
-    """The same batch in time-fused mode: the whole sequence per layer, one backward."""
-    reset_all(model)
-    opt.zero_grad()
-    D = min(delay_ls, x.shape[0])
-    out = model(x, loss_steps=D)
-    sum(F.cross_entropy(o, y) for o in out[-D:]).backward()
-    opt.step()
-
-
-def bptt_batch(model, x, y, delay_ls: int, opt) -> None:
-    """SPEC section 6 `bptt`: loss on the summed output, one backward through the whole graph."""
-    reset_all(model)
-    opt.zero_grad()
-    F.cross_entropy(model(x).sum(0), y).backward()
-    opt.step()
-
-
-# method name -> (model builder, batch function); naive only for the SHD model
-def methods(spec: ModelSpec) -> dict[str, tuple[Callable, Callable]]:
-    shd = spec.kind == "shd"
-    table = {
-        "stllr_online": (SHDSTLLR if shd else VGGSTLLR, stllr_online_batch),
-        "stllr_fused": (SHDSTLLR if shd else VGGSTLLR, stllr_fused_batch),
-        "bptt": (SHDBPTT if shd else VGGBPTT, bptt_batch),
-        "spikingjelly": (SHDSpikingJelly if shd else VGGSpikingJelly, bptt_batch),
-    }
-    if shd:
-        table["naive"] = (lambda s: SHDSTLLR(s, naive=True), stllr_online_batch)
-    return table
+    def forward(self, x, loss_steps: Optional[int] = None):
+        if not self.is_sequence(x):
+            raise ValueError("SpikingJellyModel: expects a whole sequence [T, B, ...]")
+        if hasattr(self, "sj_lif"):
+            rec, readout = self.net.linear1, self.net.last_layer
+            s, outs = torch.zeros(x.shape[1], rec.rec.out_features, device=x.device), []
+            for c in rec.fc(x):
+                s = self.sj_lif(c + rec.rec(s))
+                outs.append(readout(s))
+            return torch.stack(outs)
+        self.T = x.shape[0]
+        out = self.net.step(x.flatten(0, 1), None)
+        return out.view(self.T, x.shape[1], *out.shape[1:])
 
 
 def spikingjelly_available() -> Optional[str]:
@@ -337,3 +235,33 @@ def spikingjelly_available() -> Optional[str]:
     except Exception as exc:  # not installed or broken: the benchmarks skip it and say so
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+# ----------------------------------------------------------------------------- methods
+
+# method -> (which run's flags, extra flags, model transform)
+METHODS = {
+    "stllr_online": ("stllr", (), None),                              # stepped, one optimizer step
+    "stllr_fused": ("stllr", ("--step-mode", "sequence"), None),      # time-fused sequence calls
+    "naive": ("stllr", (), with_naive_recurrence),
+    "bptt": ("bptt", (), None),
+    "spikingjelly": ("bptt", ("--step-mode", "sequence"), SpikingJellyModel),
+}
+
+
+def methods(spec: ModelSpec) -> list[str]:
+    """The methods that apply to a model (the naive formula is the recurrent layer's: SHD only)."""
+    return [m for m in METHODS if m != "naive" or spec.kind == "shd"]
+
+
+def make_trainer(spec: ModelSpec, method: str, device) -> Trainer:
+    """The training CLI's model, optimizer and loss for this method; train_batch(x, y) runs a batch."""
+    which, extra, transform = METHODS[method]
+    args = spec.args(which, *extra)
+    model = build_model(args)
+    if transform is not None:
+        model = transform(model)
+    model = model.to(device)
+    opt = make_optimizer(args, [p for p in model.parameters() if p.requires_grad])
+    loss = make_loss(args.loss, spec.dataset.num_classes)
+    return Trainer(model, opt, loss, args.training_mode, args.step_mode, spec.delay_ls)

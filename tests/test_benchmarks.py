@@ -9,6 +9,8 @@ from conftest import backend
 
 from benchmarks import common, macs, memory, networks, summary, train_step
 from stllr_kernels.nn import LinearRecSTLLR, LinearSTLLR
+from training.models import DEFAULT_ACTIVATION
+from training.models.vgg import VGGBPTT
 
 
 def test_naive_outer_product_matches_the_package(seed):
@@ -106,16 +108,39 @@ def test_summary_reads_all_three(quick_results):
 def test_spikingjelly_vgg_is_the_same_network_as_the_bptt_vgg(seed):
     """The SpikingJelly baseline computes the same forward as this package's BPTT model."""
     pytest.importorskip("spikingjelly.activation_based.neuron")
-    spec = networks.GESTURE.with_(input_shape=(2, 8, 8), T=5, extra={"channels": (4, "pool", 6, 6)})
-    ours, theirs = networks.VGGBPTT(spec), networks.VGGSpikingJelly(spec)
-    convs = lambda model: [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]  # noqa: E731
-    for a, b in zip(convs(ours), convs(theirs)):
-        b.load_state_dict(a.state_dict())
-    theirs.fc.load_state_dict(ours.fc.state_dict())
-    x, _ = networks.make_batch(spec, 2, "cpu")
-    x = x * 3.0  # enough drive that every layer spikes
-    networks.reset_all(ours)
-    networks.reset_all(theirs)
+    # the training package's BPTT VGG (as the dvs_vgg_bptt builder makes it) on small 8x8 frames
+    ours = VGGBPTT(2, 8, 8, 11, DEFAULT_ACTIVATION, dropout=0.0)
+    with torch.no_grad():  # at its initial gains the deep layers stay silent on random input
+        for conv in ours.convs:
+            conv.gain.fill_(4.0)
+    theirs = networks.SpikingJellyModel(ours)  # a copy: same weights
+    x = (torch.rand(5, 2, 2, 8, 8) < 0.3).float() * 3.0
+    ours.reset_states()
+    theirs.reset_states()
     out = ours(x)
     assert out.std() > 0  # the last layer spiked: the comparison is not of two constant outputs
     torch.testing.assert_close(theirs(x), out)
+
+
+def test_spikingjelly_shd_is_the_same_network_as_the_bptt_shd(seed):
+    pytest.importorskip("spikingjelly.activation_based.neuron")
+    ours = networks.make_trainer(networks.SHD.with_(T=6), "bptt", "cpu").model
+    theirs = networks.SpikingJellyModel(ours)
+    x = (torch.rand(6, 3, 700) < 0.2).float() * 3.0
+    ours.reset_states()
+    theirs.reset_states()
+    out = ours(x)
+    assert out.std() > 0
+    torch.testing.assert_close(theirs(x), out)
+
+
+def test_methods_build_the_training_clis_models():
+    """The benchmarks train what `python -m training` builds from the README's flags."""
+    from training.models import SHDSTLLR, VGGSTLLR
+    shd = networks.make_trainer(networks.SHD, "naive", "cpu")
+    assert isinstance(shd.model, SHDSTLLR) and isinstance(shd.model.linear1, networks.NaiveLinearRecSTLLR)
+    assert (shd.training_mode, shd.step_mode, shd.delay_ls) == ("stllr", "online", 90)
+    assert shd.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)
+    fused = networks.make_trainer(networks.GESTURE, "stllr_fused", "cpu")
+    assert isinstance(fused.model, VGGSTLLR) and fused.step_mode == "sequence" and fused.delay_ls == 5
+    assert "naive" not in networks.methods(networks.GESTURE)
