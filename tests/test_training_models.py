@@ -1,13 +1,13 @@
 """Every architecture builds and learns one step; step and sequence modes agree; DFA hooks work."""
 from __future__ import annotations
 
-import argparse
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from training.config import RunConfig
 from training.data import DATASETS
 from training.engine import Trainer
 from training.models import ACTIVATIONS, ARCHS, build_model
@@ -17,11 +17,8 @@ from training.models.vgg import VGGSTLLR
 from stllr_kernels.psi import PSI_FUNCTIONS
 
 
-def make_args(arch, **kw):
-    base = dict(arch=arch, activation="LinearSpike", factors_stdp=[0.2, 0.75, -1.0, 1.0], pooling="MAX",
-                feedback_mode="BP")
-    base.update(kw)
-    return argparse.Namespace(**base)
+def make_config(arch, **kw):
+    return RunConfig(**{"arch": arch, "dataset": ARCHS[arch].dataset, **kw})
 
 
 def random_input(arch, steps, batch, seed):
@@ -33,7 +30,7 @@ def random_input(arch, steps, batch, seed):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_every_arch_steps_forward_and_backward(arch, seed):
     torch.manual_seed(seed)
-    model = build_model(make_args(arch))
+    model = build_model(make_config(arch))
     spec = DATASETS[ARCHS[arch].dataset]
     x = random_input(arch, 1, 1, seed)[0]
     model.reset_states()
@@ -47,11 +44,11 @@ def test_every_arch_steps_forward_and_backward(arch, seed):
 
 def test_alias_and_layer_settings():
     assert ARCHS["dvscifar10_vgg11_stllr"] is ARCHS["dvscifar10_vgg_stllr"]
-    shd = build_model(make_args("stllr_shd_net"))
+    shd = build_model(make_config("stllr_shd_net"))
     assert float(shd.linear1.leak) == 5.0 and shd.linear1.rule.psi == "fast_sigmoid"
     assert shd.last_layer.accumulate and float(shd.last_layer.leak) == 5.0
     assert shd.last_layer.factors == (0.0, 0.99, 0.0, 1.0)
-    assert float(build_model(make_args("bptt_shd_net")).linear1.lif.leak) == 15.0
+    assert float(build_model(make_config("bptt_shd_net")).linear1.lif.leak) == 15.0
     assert all(b.abs().sum() == 0 for n, b in shd.named_parameters() if n.endswith("bias"))
 
 
@@ -62,9 +59,9 @@ def test_activation_table_maps_onto_psi():
     assert all(a.psi in PSI_FUNCTIONS for a in ACTIVATIONS.values())
     assert stllr_psi("STLLRConv2dGradNormOut") == {"psi": "triangle", "post": "spike"}
     assert stllr_psi("LinearSpike")["psi"] is None  # each layer keeps its own default, as the original
-    vgg = build_model(make_args("dvs_vgg_stllr", activation="STLLRConv2dSigmoid"))
+    vgg = build_model(make_config("dvs_vgg_stllr", activation="STLLRConv2dSigmoid"))
     assert {c.rule.psi for c in vgg.convs} == {"sigmoid"}
-    vgg = build_model(make_args("dvs_vgg_stllr"))
+    vgg = build_model(make_config("dvs_vgg_stllr"))
     assert {c.rule.psi for c in vgg.convs} == {"triangle"} and float(vgg.convs[0].leak) == 0.0
 
 
@@ -86,7 +83,7 @@ def test_online_and_sequence_give_the_same_weights(arch, feedback, seed):
         model = VGGSTLLR(2, 8, 8, 10, "LinearSpike", [0.2, 0.5, -1, 1], "AVG", 0.1, feedback, channel_scale=1 / 16)
         x = (torch.rand(4, 2, 2, 8, 8, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
     else:
-        model = build_model(make_args(arch, feedback_mode=feedback))
+        model = build_model(make_config(arch, feedback_mode=feedback))
         x = random_input(arch, 7, 3, seed)
     batch = x.shape[1]
     labels = torch.arange(batch) % model.num_classes
@@ -103,7 +100,7 @@ def test_online_and_sequence_give_the_same_weights(arch, feedback, seed):
 def test_dfa_signal_is_the_projected_error(seed):
     """The hooked layer's gradient equals that of (softmax(logits) - onehot) @ B fed in directly."""
     torch.manual_seed(seed)
-    model = build_model(make_args("digits_stllr", feedback_mode="DFA"))
+    model = build_model(make_config("digits_stllr", feedback_mode="DFA"))
     x = random_input("digits_stllr", 1, 4, seed)[0]
     labels = torch.tensor([0, 3, 5, 9])
     model.reset_states()
@@ -119,3 +116,4 @@ def test_dfa_signal_is_the_projected_error(seed):
     model.linear1(x).backward(signal)
     torch.testing.assert_close(dfa_grad, model.linear1.weight.grad)
     assert not model.hook1.matrix.requires_grad
+
