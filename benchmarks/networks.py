@@ -191,8 +191,6 @@ class SpikingJellyModel(SpikingModel):
     projection over the sequence in one GEMM, the recurrence stepping a single-step LIFNode (it
     needs s[t-1] before step t), the same leaky readout."""
 
-    uses_stllr = False
-
     def __init__(self, bptt: SpikingModel):
         self.input_shape, self.num_classes = bptt.input_shape, bptt.num_classes
         super().__init__("BP")
@@ -210,9 +208,10 @@ class SpikingJellyModel(SpikingModel):
         snn.reset_states(self)
         sj_functional.reset_net(self)
 
-    def forward(self, x, loss_steps: Optional[int] = None):
-        if not self.is_sequence(x):
-            raise ValueError("SpikingJellyModel: expects a whole sequence [T, B, ...]")
+    def forward_step(self, x):
+        raise ValueError("SpikingJellyModel: runs whole sequences only: call model.sequence(x, loss_steps)")
+
+    def forward_sequence(self, x, loss_steps: int):
         if hasattr(self, "sj_lif"):
             rec, readout = self.net.linear1, self.net.last_layer
             s, outs = torch.zeros(x.shape[1], rec.rec.out_features, device=x.device), []
@@ -221,7 +220,7 @@ class SpikingJellyModel(SpikingModel):
                 outs.append(readout(s))
             return torch.stack(outs)
         self.T = x.shape[0]
-        out = self.net.step(x.flatten(0, 1), None)
+        out = self.net.forward_step(x.flatten(0, 1))
         return out.view(self.T, x.shape[1], *out.shape[1:])
 
 

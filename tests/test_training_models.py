@@ -14,6 +14,7 @@ from training.models import ACTIVATIONS, ARCHS, build_model
 from training.models.common import stllr_psi
 from training.models.vgg import VGGSTLLR
 
+from conftest import tol
 from stllr_kernels.psi import PSI_FUNCTIONS
 
 
@@ -34,7 +35,7 @@ def test_every_arch_steps_forward_and_backward(arch, seed):
     spec = DATASETS[ARCHS[arch].dataset]
     x = random_input(arch, 1, 1, seed)[0]
     model.reset_states()
-    logits = model(x)
+    logits = model.step(x)
     assert logits.shape == (1, spec.num_classes)
     F.cross_entropy(logits, torch.tensor([spec.num_classes - 1])).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -105,7 +106,7 @@ def test_dfa_signal_is_the_projected_error(seed):
     labels = torch.tensor([0, 3, 5, 9])
     model.reset_states()
     model.feedback.set_target(labels)
-    logits = model(x)
+    logits = model.step(x)
     F.cross_entropy(logits, labels).backward()
     dfa_grad = model.linear1.weight.grad.clone()
     err = torch.softmax(logits.detach(), 1) - F.one_hot(labels, 10).float()
@@ -117,3 +118,53 @@ def test_dfa_signal_is_the_projected_error(seed):
     torch.testing.assert_close(dfa_grad, model.linear1.weight.grad)
     assert not model.hook1.matrix.requires_grad
 
+
+def small_vgg(dropout: float = 0.5) -> VGGSTLLR:
+    """The S-TLLR VGG, narrow, on 8x8 frames (quick), with a dropout whose masks matter."""
+    return VGGSTLLR(2, 8, 8, 10, "LinearSpike", [0.2, 0.5, -1, 1], "AVG", dropout, "BP", channel_scale=1 / 16)
+
+
+@pytest.mark.parametrize("arch", ["digits_stllr", "digits_bptt", "stllr_shd_net", "small_vgg"])
+def test_a_sequence_needs_loss_steps_and_says_how(arch, seed):
+    model = small_vgg() if arch == "small_vgg" else build_model(make_config(arch))
+    x = (torch.rand(3, 2, *model.input_shape, generator=torch.Generator().manual_seed(seed)) < 0.3).float()
+    for call in (lambda: model(x), lambda: model.sequence(x)):
+        model.reset_states()
+        with pytest.raises(ValueError, match=r"loss_steps.*model\.sequence\(x, loss_steps\).*model\.step\(x\[t\]\)"):
+            call()
+    with pytest.raises(ValueError, match=r"model\.sequence\(x, loss_steps\)"):
+        model.step(x)
+    with pytest.raises(ValueError, match=r"model\.step\(x\)"):
+        model.sequence(x[0], 1)
+    with pytest.raises(ValueError, match="a step takes no loss_steps"):
+        model(x[0], 2)
+    for bad in (-1, 4, 1.0, True):
+        with pytest.raises(ValueError, match=r"loss_steps must be an int in \[0, T=3\]"):
+            model.sequence(x, bad)
+    model.reset_states()
+    assert model.sequence(x, 2).shape == (3, 2, model.num_classes)
+
+
+def test_dropout_mask_is_one_per_sequence_in_both_modes(seed):
+    """Sequence mode draws each layer's mask for [B, ...] once (not [T, B, ...]), as step mode does at
+    its first step; seeded alike, the two modes give the same outputs."""
+    torch.manual_seed(seed)
+    model = small_vgg().train()
+    x = (torch.rand(4, 3, 2, 8, 8, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+
+    def masks():
+        return [d.mask.clone() for d in model.drops]
+
+    torch.manual_seed(seed + 1)
+    model.reset_states()
+    out_sequence = model.sequence(x, 0)
+    seq_masks = masks()
+    torch.manual_seed(seed + 1)
+    model.reset_states()
+    out_step = torch.stack([model.step(x[t]) for t in range(x.shape[0])])
+    step_masks = masks()
+    for conv, m_seq, m_step in zip(model.convs, seq_masks, step_masks):
+        assert m_seq.shape == (3, conv.out_channels, *m_seq.shape[2:]) and m_seq.dim() == 4
+        assert torch.equal(m_seq, m_step)
+    assert any((m == 0).any() for m in seq_masks)  # the masks dropped something: they matter
+    torch.testing.assert_close(out_sequence, out_step, **tol(torch.float32, 2 * 3 * 3 * 8))

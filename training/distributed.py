@@ -21,7 +21,7 @@ import contextlib
 import inspect
 import os
 from dataclasses import replace
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -122,7 +122,17 @@ def main_first(fn: Callable[[], object]):
 # ----------------------------------------------------------------------------- model and data
 
 class _DDP(DistributedDataParallel):
-    """DDP that also answers the wrapped model's own attributes (reset_states, feedback, ...)."""
+    """DDP that also answers the wrapped model's own attributes (reset_states, feedback, ...).
+
+    step() and sequence() go through DDP's forward (which prepares the gradient all-reduce), then
+    the model's, which accepts exactly the two forms.
+    """
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def sequence(self, x: torch.Tensor, loss_steps: Optional[int] = None) -> torch.Tensor:
+        return self(x, loss_steps)
 
     def __getattr__(self, name: str):
         try:
