@@ -150,21 +150,17 @@ def resolve_device(config: RunConfig) -> torch.device:
 
 
 def _type_problem(flag: str, value) -> Optional[str]:
+    """What argparse checks on the command line (type, choices), for a config built in Python."""
     kwargs = _TABLE[flag]
     if value is None and kwargs.get("default") is None:
         return None
-    if kwargs.get("action") == "store_true":
-        expected = bool
-    else:
-        expected = kwargs.get("type", str)
-    values = value if kwargs.get("nargs") == "+" else (value,)
-    if kwargs.get("nargs") == "+" and not isinstance(value, (tuple, list)):
+    expected = bool if kwargs.get("action") == "store_true" else kwargs.get("type", str)
+    if kwargs.get("nargs") == "+" and not isinstance(value, tuple):
         return f"{flag}: expected a sequence of {expected.__name__}, got {value!r}"
-    for v in values:
-        ok = isinstance(v, expected) and not (expected is not bool and isinstance(v, bool))
-        if expected is float and isinstance(v, int) and not isinstance(v, bool):
-            ok = True
-        if not ok:
+    for v in value if kwargs.get("nargs") == "+" else (value,):
+        # bool is an int in Python but not a flag's number; an int is a fine float
+        accepted = (int, float) if expected is float else expected
+        if not isinstance(v, accepted) or (expected is not bool and isinstance(v, bool)):
             return f"{flag}: expected {expected.__name__}, got {v!r}"
     if "choices" in kwargs and value not in kwargs["choices"]:
         return f"{flag}: expected one of {list(kwargs['choices'])}, got {value!r}"
