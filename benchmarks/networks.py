@@ -1,7 +1,7 @@
 """The networks the benchmarks train, and how one training batch of each is run.
 
 The S-TLLR and BPTT networks are the training package's own (`training.models`), built from the
-original README's command lines parsed by `python -m training`'s parser, with its optimizer and
+run configurations of the original README's command lines (`training.config.RunConfig`), with its optimizer and
 trained by its engine (`training.engine.Trainer.train_batch`, no progress bar or logging inside).
 They include the models' dropout, in train mode, as real training runs them.
 What exists only here:
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from stllr_kernels import nn as snn
 from stllr_kernels.psi import apply_psi
 from stllr_kernels.reference import beta_of, pre_trace, theta_of
-from training.cli import build_parser
+from training.config import RunConfig
 from training.data import DATASETS
 from training.engine import Trainer, make_loss
 from training.models import ARCHS, SpikingModel, build_model
@@ -31,29 +31,28 @@ from training.runner import make_optimizer
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One paper model: the original's flags of its S-TLLR and BPTT runs, and the time steps T.
+    """One paper model: the configurations of its S-TLLR and BPTT runs, and the time steps T.
 
     delay_ls (the loss steps) defaults to the S-TLLR run's --delay-ls."""
 
     name: str
     kind: str                      # "shd" or "vgg"
-    stllr_flags: tuple
-    bptt_flags: tuple
+    stllr: RunConfig
+    bptt: RunConfig
     T: int
     delay_ls: Optional[int] = None
 
     def __post_init__(self):
         if self.delay_ls is None:
-            object.__setattr__(self, "delay_ls", self.args("stllr").delay_ls)
+            object.__setattr__(self, "delay_ls", self.stllr.delay_ls)
 
-    def args(self, which: str, *extra: str):
-        """The namespace `python -m training` builds from this run's flags (plus `extra`)."""
-        flags = self.stllr_flags if which == "stllr" else self.bptt_flags
-        return build_parser().parse_args([*flags, *extra])
+    def config(self, which: str, **changes) -> RunConfig:
+        """The configuration of this model's "stllr" or "bptt" run, with `changes`."""
+        return replace(self.stllr if which == "stllr" else self.bptt, **changes)
 
     @property
     def dataset(self):
-        return DATASETS[ARCHS[self.args("stllr").arch].dataset]
+        return DATASETS[ARCHS[self.stllr.arch].dataset]
 
     @property
     def input_shape(self) -> tuple:
@@ -63,24 +62,22 @@ class ModelSpec:
         return replace(self, **changes)
 
 
-# The original README's command lines (flags that change the model, loss or optimizer).
+# The original README's command lines (the settings that change the model, loss or optimizer).
 SHD = ModelSpec("SHD", "shd", T=100,
-                stllr_flags=("--arch", "stllr_shd_net", "--dataset", "SHD", "--lr", "0.0002",
-                             "--factors-stdp", "0.5", "1", "1", "1", "--delay-ls", "90"),
-                bptt_flags=("--arch", "bptt_shd_net", "--dataset", "SHD", "--lr", "0.0002",
-                            "--training-mode", "bptt"))
+                stllr=RunConfig(arch="stllr_shd_net", dataset="SHD", lr=0.0002,
+                                factors_stdp=(0.5, 1.0, 1.0, 1.0), delay_ls=90),
+                bptt=RunConfig(arch="bptt_shd_net", dataset="SHD", lr=0.0002, training_mode="bptt"))
 GESTURE = ModelSpec("DVS Gesture VGG", "vgg", T=20,
-                    stllr_flags=("--arch", "dvs_vgg_stllr", "--dataset", "DVSGesture", "--delay-ls", "5",
-                                 "--factors-stdp", "0.2", "0.75", "-1", "1", "--pooling", "MAX"),
-                    bptt_flags=("--arch", "dvs_vgg_bptt", "--dataset", "DVSGesture", "--delay-ls", "5",
-                                "--pooling", "MAX", "--training-mode", "bptt"))
+                    stllr=RunConfig(arch="dvs_vgg_stllr", dataset="DVSGesture", delay_ls=5,
+                                    factors_stdp=(0.2, 0.75, -1.0, 1.0), pooling="MAX"),
+                    bptt=RunConfig(arch="dvs_vgg_bptt", dataset="DVSGesture", delay_ls=5, pooling="MAX",
+                                   training_mode="bptt"))
 CIFAR10DVS = ModelSpec("CIFAR10-DVS VGG", "vgg", T=10,
-                       stllr_flags=("--arch", "dvscifar10_vgg11_stllr", "--dataset", "CIFAR10DVS",
-                                    "--lr", "0.001", "--delay-ls", "5", "--factors-stdp", "0.2", "0.5", "-1",
-                                    "1", "--pooling", "AVG", "--activation", "STLLRConv2dSigmoid"),
-                       bptt_flags=("--arch", "dvscifar10_vgg_bptt", "--dataset", "CIFAR10DVS", "--lr",
-                                   "0.001", "--pooling", "AVG", "--activation", "GradSigmoid",
-                                   "--training-mode", "bptt"))
+                       stllr=RunConfig(arch="dvscifar10_vgg11_stllr", dataset="CIFAR10DVS", lr=0.001, delay_ls=5,
+                                       factors_stdp=(0.2, 0.5, -1.0, 1.0), pooling="AVG",
+                                       activation="STLLRConv2dSigmoid"),
+                       bptt=RunConfig(arch="dvscifar10_vgg_bptt", dataset="CIFAR10DVS", lr=0.001, pooling="AVG",
+                                      activation="GradSigmoid", training_mode="bptt"))
 
 
 def make_batch(spec: ModelSpec, batch: int, device, seed: int = 0):
@@ -194,8 +191,6 @@ class SpikingJellyModel(SpikingModel):
     projection over the sequence in one GEMM, the recurrence stepping a single-step LIFNode (it
     needs s[t-1] before step t), the same leaky readout."""
 
-    uses_stllr = False
-
     def __init__(self, bptt: SpikingModel):
         self.input_shape, self.num_classes = bptt.input_shape, bptt.num_classes
         super().__init__("BP")
@@ -213,9 +208,10 @@ class SpikingJellyModel(SpikingModel):
         snn.reset_states(self)
         sj_functional.reset_net(self)
 
-    def forward(self, x, loss_steps: Optional[int] = None):
-        if not self.is_sequence(x):
-            raise ValueError("SpikingJellyModel: expects a whole sequence [T, B, ...]")
+    def forward_step(self, x):
+        raise ValueError("SpikingJellyModel: runs whole sequences only: call model.sequence(x, loss_steps)")
+
+    def forward_sequence(self, x, loss_steps: int):
         if hasattr(self, "sj_lif"):
             rec, readout = self.net.linear1, self.net.last_layer
             s, outs = torch.zeros(x.shape[1], rec.rec.out_features, device=x.device), []
@@ -224,7 +220,7 @@ class SpikingJellyModel(SpikingModel):
                 outs.append(readout(s))
             return torch.stack(outs)
         self.T = x.shape[0]
-        out = self.net.step(x.flatten(0, 1), None)
+        out = self.net.forward_step(x.flatten(0, 1))
         return out.view(self.T, x.shape[1], *out.shape[1:])
 
 
@@ -239,13 +235,13 @@ def spikingjelly_available() -> Optional[str]:
 
 # ----------------------------------------------------------------------------- methods
 
-# method -> (which run's flags, extra flags, model transform)
+# method -> (which run's configuration, changes to it, model transform)
 METHODS = {
-    "stllr_online": ("stllr", (), None),                              # stepped, one optimizer step
-    "stllr_fused": ("stllr", ("--step-mode", "sequence"), None),      # time-fused sequence calls
-    "naive": ("stllr", (), with_naive_recurrence),
-    "bptt": ("bptt", (), None),
-    "spikingjelly": ("bptt", ("--step-mode", "sequence"), SpikingJellyModel),
+    "stllr_online": ("stllr", {}, None),                              # stepped, one optimizer step
+    "stllr_fused": ("stllr", {"step_mode": "sequence"}, None),        # time-fused sequence calls
+    "naive": ("stllr", {}, with_naive_recurrence),
+    "bptt": ("bptt", {}, None),
+    "spikingjelly": ("bptt", {"step_mode": "sequence"}, SpikingJellyModel),
 }
 
 
@@ -256,12 +252,12 @@ def methods(spec: ModelSpec) -> list[str]:
 
 def make_trainer(spec: ModelSpec, method: str, device) -> Trainer:
     """The training CLI's model, optimizer and loss for this method; train_batch(x, y) runs a batch."""
-    which, extra, transform = METHODS[method]
-    args = spec.args(which, *extra)
-    model = build_model(args)
+    which, changes, transform = METHODS[method]
+    config = spec.config(which, **changes)
+    model = build_model(config)
     if transform is not None:
         model = transform(model)
     model = model.to(device)
-    opt = make_optimizer(args, [p for p in model.parameters() if p.requires_grad])
-    loss = make_loss(args.loss, spec.dataset.num_classes)
-    return Trainer(model, opt, loss, args.training_mode, args.step_mode, spec.delay_ls)
+    opt = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    loss = make_loss(config.loss, spec.dataset.num_classes)
+    return Trainer(model, opt, loss, config.training_mode, config.step_mode, spec.delay_ls)

@@ -135,8 +135,8 @@ def main(argv=None) -> None:
                    common.markdown_table(rows, columns))
     report.section("Setup",
                    "Models: the training package's (`training.models`: stllr_shd_net / bptt_shd_net, "
-                   "dvs_vgg_stllr / dvs_vgg_bptt) built from the original README's command lines by "
-                   "`python -m training`'s parser, with its optimizer (Adam, README learning rates) "
+                   "dvs_vgg_stllr / dvs_vgg_bptt) built from the run configurations (`RunConfig`) of the "
+                   "original README's command lines, with its optimizer (Adam, README learning rates) "
                    "and trained by its engine (`Trainer.train_batch`, training mode `stllr`: one "
                    "optimizer step per batch; time-fused = --step-mode sequence). SHD = recurrent "
                    "S-TLLR 700->450 (leak 5, factors 0.5 1 1 1, fast_sigmoid) + leaky readout 450->20 "

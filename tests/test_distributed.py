@@ -3,7 +3,6 @@ the same global batch, one gradient all-reduce per optimizer step, files and log
 test metrics summed over ranks."""
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 
@@ -14,8 +13,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from training import distributed
+from training.config import RunConfig
 from training.engine import Trainer, predict, topk_correct
-from training.models import DEFAULT_ACTIVATION, build_model
+from training.errors import DistributedError
+from training.models import build_model
 
 WORLD = 2
 STEPS, T, BATCH = 3, 6, 8  # optimizer steps, time steps, global batch
@@ -52,14 +53,16 @@ def batches(seed: int = 0):
             for _ in range(STEPS)]
 
 
+def model_config(arch: str, feedback: str) -> RunConfig:
+    return RunConfig(arch=arch, dataset="Digits", factors_stdp=(0.5, 0.8, 1.0, 1.0), feedback_mode=feedback)
+
+
 def train(case, rank: int = 0, world: int = 1, ddp: bool = True):
     """Train case's model for STEPS optimizer steps on this rank's contiguous share of each global
     batch (through DDP when world > 1 and ddp); returns (state_dict, number of all-reduces)."""
     _, arch, mode, step_mode, delay, feedback = case
     torch.manual_seed(1 + rank)  # other ranks start elsewhere: DDP must give them rank 0's model
-    args = argparse.Namespace(arch=arch, activation=DEFAULT_ACTIVATION, factors_stdp=[0.5, 0.8, 1.0, 1.0],
-                              pooling="MAX", feedback_mode=feedback)
-    model = build_model(args)
+    model = build_model(model_config(arch, feedback))
     # SGD: the update is linear in the gradient, so equal gradients give equal weights to rounding
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     calls = [0]
@@ -112,8 +115,8 @@ def _main_first_checks(rank: int) -> dict:
     try:
         distributed.main_first(fail)
         outcome = "returned"
-    except SystemExit as exc:
-        outcome = f"SystemExit {exc.code}"
+    except DistributedError as exc:
+        outcome = f"DistributedError {exc}"
     except FileNotFoundError:
         outcome = "FileNotFoundError"
     return {"spans": spans, "failure": outcome}
@@ -140,9 +143,7 @@ def ddp_results(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_two_processes_match_one_on_the_global_batch(case, ddp_results):
     single, _ = train(case)
-    initial = build_model(argparse.Namespace(arch=case[1], activation=DEFAULT_ACTIVATION,
-                                             factors_stdp=[0.5, 0.8, 1.0, 1.0], pooling="MAX",
-                                             feedback_mode=case[5]))
+    initial = build_model(model_config(case[1], case[5]))
     for rank in range(WORLD):
         weights, calls = ddp_results[rank][case[0]]
         # one all-reduce per optimizer step (the whole model fits one DDP bucket)
@@ -169,16 +170,16 @@ def test_rank_0_prepares_first_and_its_failure_stops_the_others(ddp_results):
     assert ddp_results[0]["main_first"]["failure"] == "FileNotFoundError"  # rank 0 reports it
     for rank in range(1, WORLD):
         outcome = ddp_results[rank]["main_first"]["failure"]
-        assert outcome.startswith(f"SystemExit error: rank {rank}: stopped") and "rank 0 failed" in outcome
+        assert outcome.startswith(f"DistributedError rank {rank}: stopped") and "rank 0 failed" in outcome
 
 
-def test_global_batch_must_divide_among_processes(monkeypatch):
-    monkeypatch.setattr(distributed, "world_size", lambda: 4)
-    args = argparse.Namespace(batch_size=16, val_batch_size=5)
-    distributed.per_process_batches(args)
-    assert (args.batch_size, args.val_batch_size) == (4, 2)
-    with pytest.raises(SystemExit, match=r"--batch-size 18 \(the global batch\) must be divisible by .* 4"):
-        distributed.per_process_batches(argparse.Namespace(batch_size=18, val_batch_size=5))
+def test_global_batch_must_divide_among_processes():
+    config = RunConfig(dataset="Digits", arch="digits_stllr", batch_size=16, val_batch_size=5)
+    local = distributed.per_process_config(config, 4, torch.device("cpu"))
+    assert (local.batch_size, local.val_batch_size, local.device) == (4, 2, "cpu")
+    assert (config.batch_size, config.val_batch_size, config.device) == (16, 5, None)  # a new config
+    with pytest.raises(DistributedError, match=r"--batch-size 18 \(the global batch\) must be divisible by .* 4"):
+        distributed.per_process_config(RunConfig(batch_size=18), 4, torch.device("cpu"))
 
 
 def test_single_process_is_not_distributed(monkeypatch):
@@ -220,7 +221,7 @@ def test_command_under_two_processes_writes_from_rank_0_and_reduces_metrics(tmp_
 
     summary = json.loads((run / "summary.json").read_text())
     state = torch.load(run / "checkpoint.pth.tar", weights_only=False)
-    model = build_model(argparse.Namespace(**state["args"]))
+    model = build_model(RunConfig(**state["args"]))
     model.load_state_dict(state["model"])
     test_set = DigitsSpikes(False, seed=state["args"]["seed"])
     x, labels = pad_collate([test_set[i] for i in range(len(test_set))])

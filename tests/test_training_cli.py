@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from training.cli import FLAGS, NEW_FLAGS, ORIGINAL_FLAGS, build_parser, parse_args
+from training.cli import FLAGS, NEW_FLAGS, ORIGINAL_FLAGS, build_parser, parse_config
 
 # The original's main.py flags, written out: (flag, default, choices, extra argparse keywords).
 ORIGINAL = [
@@ -70,10 +70,10 @@ def test_new_flags_only_add():
 
 def test_original_readme_commands_parse(tmp_path):
     """The README's Digits-equivalent of a paper command parses (paper datasets need their data)."""
-    args = parse_args(["--dataset", "Digits", "--arch", "digits_stllr", "--factors-stdp", "0.5", "1", "1", "1",
+    config = parse_config(["--dataset", "Digits", "--arch", "digits_stllr", "--factors-stdp", "0.5", "1", "1", "1",
                        "--delay-ls", "90", "--label-encoding", "one-hot", "--feedback-mode", "DFA",
                        "--save-path", str(tmp_path), "--optimizer", "RMSProp"])
-    assert args.factors_stdp == [0.5, 1, 1, 1] and args.feedback_mode == "DFA"
+    assert config.factors_stdp == (0.5, 1, 1, 1) and config.feedback_mode == "DFA"
 
 
 BAD = [
@@ -97,7 +97,7 @@ BAD = [
 @pytest.mark.parametrize("argv,needle", BAD, ids=[b[1] for b in BAD])
 def test_bad_input_is_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as exc:
-        parse_args(argv)
+        parse_config(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
@@ -108,7 +108,7 @@ def test_paper_dataset_without_pipeline_says_not_available(tmp_path, capsys):
     if unavailable_reason("DVSGesture") is None:
         pytest.skip("the DVS Gesture pipeline is installed")
     with pytest.raises(SystemExit):
-        parse_args(["--dataset", "DVSGesture", "--data-path", str(tmp_path)])
+        parse_config(["--dataset", "DVSGesture", "--data-path", str(tmp_path)])
     assert "not yet available" in capsys.readouterr().err
 
 

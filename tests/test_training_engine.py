@@ -12,8 +12,9 @@ from torch.utils.data import Dataset
 
 import training.runner as runner
 from training import checkpoint as ckpt
-from training.cli import OPTIMIZERS, parse_args
+from training.cli import OPTIMIZERS, parse_config
 from training.engine import Trainer, make_loss
+from training.errors import RunInterrupted
 
 
 class RandomSpikes(Dataset):
@@ -53,9 +54,9 @@ MODES = [("digits_stllr", "stllr", "online", "BP"), ("digits_stllr", "stllr", "s
 @pytest.mark.parametrize("arch,mode,step_mode,feedback", MODES, ids=["-".join(m) for m in MODES])
 def test_training_modes_change_the_weights(arch, mode, step_mode, feedback, seed):
     torch.manual_seed(seed)
-    args = parse_args(["--dataset", "Digits", "--arch", arch, "--training-mode", mode, "--step-mode", step_mode,
-                       "--feedback-mode", feedback, "--delay-ls", "3"])
-    model, optimizer, _ = runner.setup_trial(args, torch.device("cpu"))
+    config = parse_config(["--dataset", "Digits", "--arch", arch, "--training-mode", mode, "--step-mode", step_mode,
+                           "--feedback-mode", feedback, "--delay-ls", "3"])
+    model, optimizer, _ = runner.setup_trial(config, torch.device("cpu"))
     before = copy.deepcopy(model.state_dict())
     trainer = Trainer(model, optimizer, make_loss("CE", 10), mode, step_mode, 3)
     for i in range(2):
@@ -70,16 +71,16 @@ def test_training_modes_change_the_weights(arch, mode, step_mode, feedback, seed
 @pytest.mark.parametrize("loss", ["CE", "MSE", "BCE"])
 def test_every_optimizer_and_loss_steps(optimizer, loss, seed):
     torch.manual_seed(seed)
-    args = parse_args(["--dataset", "Digits", "--arch", "digits_stllr", "--optimizer", optimizer, "--loss", loss,
-                       "--weight-decay", "1e-4"])
-    model, opt, _ = runner.setup_trial(args, torch.device("cpu"))
+    config = parse_config(["--dataset", "Digits", "--arch", "digits_stllr", "--optimizer", optimizer, "--loss", loss,
+                           "--weight-decay", "1e-4"])
+    model, opt, _ = runner.setup_trial(config, torch.device("cpu"))
     w = model.linear1.weight.detach().clone()
     Trainer(model, opt, make_loss(loss, 10), "stllr", "online", 3).train_batch(*batch(seed))
     assert not torch.equal(w, model.linear1.weight)
 
 
 def run_cli(argv):
-    return runner.run(parse_args(argv))
+    return runner.run(parse_config(argv))
 
 
 def flags(save, *extra):
@@ -129,9 +130,9 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "run_epoch", interrupt_in_second_epoch)
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(RunInterrupted, match="--resume") as exc:
         run_cli(flags(tmp_path, "--epochs", "3"))
-    assert exc.value.code == 130
+    assert exc.value.exit_code == 130
     state = torch.load(tmp_path / ckpt.RESUME_NAME, weights_only=False)
     assert state["partial"] and state["epoch"] == 1 and state["trial"] == 1
     monkeypatch.setattr(runner, "run_epoch", real)

@@ -1,27 +1,25 @@
 """Every architecture builds and learns one step; step and sequence modes agree; DFA hooks work."""
 from __future__ import annotations
 
-import argparse
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from training.config import RunConfig
 from training.data import DATASETS
 from training.engine import Trainer
 from training.models import ACTIVATIONS, ARCHS, build_model
 from training.models.common import stllr_psi
 from training.models.vgg import VGGSTLLR
 
+from conftest import tol
 from stllr_kernels.psi import PSI_FUNCTIONS
 
 
-def make_args(arch, **kw):
-    base = dict(arch=arch, activation="LinearSpike", factors_stdp=[0.2, 0.75, -1.0, 1.0], pooling="MAX",
-                feedback_mode="BP")
-    base.update(kw)
-    return argparse.Namespace(**base)
+def make_config(arch, **kw):
+    return RunConfig(**{"arch": arch, "dataset": ARCHS[arch].dataset, **kw})
 
 
 def random_input(arch, steps, batch, seed):
@@ -33,11 +31,11 @@ def random_input(arch, steps, batch, seed):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_every_arch_steps_forward_and_backward(arch, seed):
     torch.manual_seed(seed)
-    model = build_model(make_args(arch))
+    model = build_model(make_config(arch))
     spec = DATASETS[ARCHS[arch].dataset]
     x = random_input(arch, 1, 1, seed)[0]
     model.reset_states()
-    logits = model(x)
+    logits = model.step(x)
     assert logits.shape == (1, spec.num_classes)
     F.cross_entropy(logits, torch.tensor([spec.num_classes - 1])).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -47,11 +45,11 @@ def test_every_arch_steps_forward_and_backward(arch, seed):
 
 def test_alias_and_layer_settings():
     assert ARCHS["dvscifar10_vgg11_stllr"] is ARCHS["dvscifar10_vgg_stllr"]
-    shd = build_model(make_args("stllr_shd_net"))
+    shd = build_model(make_config("stllr_shd_net"))
     assert float(shd.linear1.leak) == 5.0 and shd.linear1.rule.psi == "fast_sigmoid"
     assert shd.last_layer.accumulate and float(shd.last_layer.leak) == 5.0
     assert shd.last_layer.factors == (0.0, 0.99, 0.0, 1.0)
-    assert float(build_model(make_args("bptt_shd_net")).linear1.lif.leak) == 15.0
+    assert float(build_model(make_config("bptt_shd_net")).linear1.lif.leak) == 15.0
     assert all(b.abs().sum() == 0 for n, b in shd.named_parameters() if n.endswith("bias"))
 
 
@@ -62,9 +60,9 @@ def test_activation_table_maps_onto_psi():
     assert all(a.psi in PSI_FUNCTIONS for a in ACTIVATIONS.values())
     assert stllr_psi("STLLRConv2dGradNormOut") == {"psi": "triangle", "post": "spike"}
     assert stllr_psi("LinearSpike")["psi"] is None  # each layer keeps its own default, as the original
-    vgg = build_model(make_args("dvs_vgg_stllr", activation="STLLRConv2dSigmoid"))
+    vgg = build_model(make_config("dvs_vgg_stllr", activation="STLLRConv2dSigmoid"))
     assert {c.rule.psi for c in vgg.convs} == {"sigmoid"}
-    vgg = build_model(make_args("dvs_vgg_stllr"))
+    vgg = build_model(make_config("dvs_vgg_stllr"))
     assert {c.rule.psi for c in vgg.convs} == {"triangle"} and float(vgg.convs[0].leak) == 0.0
 
 
@@ -86,7 +84,7 @@ def test_online_and_sequence_give_the_same_weights(arch, feedback, seed):
         model = VGGSTLLR(2, 8, 8, 10, "LinearSpike", [0.2, 0.5, -1, 1], "AVG", 0.1, feedback, channel_scale=1 / 16)
         x = (torch.rand(4, 2, 2, 8, 8, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
     else:
-        model = build_model(make_args(arch, feedback_mode=feedback))
+        model = build_model(make_config(arch, feedback_mode=feedback))
         x = random_input(arch, 7, 3, seed)
     batch = x.shape[1]
     labels = torch.arange(batch) % model.num_classes
@@ -103,12 +101,12 @@ def test_online_and_sequence_give_the_same_weights(arch, feedback, seed):
 def test_dfa_signal_is_the_projected_error(seed):
     """The hooked layer's gradient equals that of (softmax(logits) - onehot) @ B fed in directly."""
     torch.manual_seed(seed)
-    model = build_model(make_args("digits_stllr", feedback_mode="DFA"))
+    model = build_model(make_config("digits_stllr", feedback_mode="DFA"))
     x = random_input("digits_stllr", 1, 4, seed)[0]
     labels = torch.tensor([0, 3, 5, 9])
     model.reset_states()
     model.feedback.set_target(labels)
-    logits = model(x)
+    logits = model.step(x)
     F.cross_entropy(logits, labels).backward()
     dfa_grad = model.linear1.weight.grad.clone()
     err = torch.softmax(logits.detach(), 1) - F.one_hot(labels, 10).float()
@@ -119,3 +117,54 @@ def test_dfa_signal_is_the_projected_error(seed):
     model.linear1(x).backward(signal)
     torch.testing.assert_close(dfa_grad, model.linear1.weight.grad)
     assert not model.hook1.matrix.requires_grad
+
+
+def small_vgg(dropout: float = 0.5) -> VGGSTLLR:
+    """The S-TLLR VGG, narrow, on 8x8 frames (quick), with a dropout whose masks matter."""
+    return VGGSTLLR(2, 8, 8, 10, "LinearSpike", [0.2, 0.5, -1, 1], "AVG", dropout, "BP", channel_scale=1 / 16)
+
+
+@pytest.mark.parametrize("arch", ["digits_stllr", "digits_bptt", "stllr_shd_net", "small_vgg"])
+def test_a_sequence_needs_loss_steps_and_says_how(arch, seed):
+    model = small_vgg() if arch == "small_vgg" else build_model(make_config(arch))
+    x = (torch.rand(3, 2, *model.input_shape, generator=torch.Generator().manual_seed(seed)) < 0.3).float()
+    for call in (lambda: model(x), lambda: model.sequence(x)):
+        model.reset_states()
+        with pytest.raises(ValueError, match=r"loss_steps.*model\.sequence\(x, loss_steps\).*model\.step\(x\[t\]\)"):
+            call()
+    with pytest.raises(ValueError, match=r"model\.sequence\(x, loss_steps\)"):
+        model.step(x)
+    with pytest.raises(ValueError, match=r"model\.step\(x\)"):
+        model.sequence(x[0], 1)
+    with pytest.raises(ValueError, match="a step takes no loss_steps"):
+        model(x[0], 2)
+    for bad in (-1, 4, 1.0, True):
+        with pytest.raises(ValueError, match=r"loss_steps must be an int in \[0, T=3\]"):
+            model.sequence(x, bad)
+    model.reset_states()
+    assert model.sequence(x, 2).shape == (3, 2, model.num_classes)
+
+
+def test_dropout_mask_is_one_per_sequence_in_both_modes(seed):
+    """Sequence mode draws each layer's mask for [B, ...] once (not [T, B, ...]), as step mode does at
+    its first step; seeded alike, the two modes give the same outputs."""
+    torch.manual_seed(seed)
+    model = small_vgg().train()
+    x = (torch.rand(4, 3, 2, 8, 8, generator=torch.Generator().manual_seed(seed)) < 0.5).float()
+
+    def masks():
+        return [d.mask.clone() for d in model.drops]
+
+    torch.manual_seed(seed + 1)
+    model.reset_states()
+    out_sequence = model.sequence(x, 0)
+    seq_masks = masks()
+    torch.manual_seed(seed + 1)
+    model.reset_states()
+    out_step = torch.stack([model.step(x[t]) for t in range(x.shape[0])])
+    step_masks = masks()
+    for conv, m_seq, m_step in zip(model.convs, seq_masks, step_masks):
+        assert m_seq.shape == (3, conv.out_channels, *m_seq.shape[2:]) and m_seq.dim() == 4
+        assert torch.equal(m_seq, m_step)
+    assert any((m == 0).any() for m in seq_masks)  # the masks dropped something: they matter
+    torch.testing.assert_close(out_sequence, out_step, **tol(torch.float32, 2 * 3 * 3 * 8))

@@ -10,6 +10,8 @@ import tempfile
 import numpy as np
 import torch
 
+from .errors import CheckpointError
+
 RESUME_NAME = "checkpoint.pth.tar"
 
 
@@ -34,7 +36,7 @@ def save_atomic(state: dict, path: str) -> None:
 
 def load(path: str, device="cpu") -> dict:
     if not os.path.isfile(path):
-        raise SystemExit(f"error: --resume: no checkpoint file at {path!r}")
+        raise CheckpointError(f"--resume: no checkpoint file at {path!r}")
     return torch.load(path, map_location=device, weights_only=False)
 
 

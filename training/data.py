@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import DatasetError
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -56,7 +58,7 @@ def build_dataset(args, train: bool) -> Dataset:
         return DigitsSpikes(train, steps=DIGITS_STEPS, seed=args.seed)
     reason = unavailable_reason(args.dataset)
     if reason is not None:
-        raise SystemExit(f"error: {reason}")
+        raise DatasetError(reason)
     return importlib.import_module(f"training.datasets.{spec.module}").build(args, train)
 
 

@@ -28,6 +28,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
+from .config import RunConfig
+from .data import build_dataset
+from .errors import DistributedError
+from .runner import run as run_trials
+
 
 # ----------------------------------------------------------------------------- process group
 
@@ -57,37 +62,39 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(args) -> torch.device:
-    """Join the group of torchrun's variables; sets args.device to this process's device.
+def init(config: RunConfig) -> torch.device:
+    """Join the group of torchrun's variables; returns this process's device.
 
     GPUs: one per process, cuda:LOCAL_RANK, NCCL. CPU (--cpu, or no GPU): Gloo.
     """
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
-            raise SystemExit(f"error: distributed run: environment variable {name} is not set "
-                             "(start the processes with torchrun)")
-    use_cuda = torch.cuda.is_available() and not args.cpu and not (args.device or "").startswith("cpu")
+            raise DistributedError(f"distributed run: environment variable {name} is not set "
+                                   "(start the processes with torchrun)")
+    use_cuda = torch.cuda.is_available() and not config.cpu and not (config.device or "").startswith("cpu")
     if use_cuda:
         if local_rank() >= torch.cuda.device_count():
-            raise SystemExit(f"error: LOCAL_RANK {local_rank()} but only {torch.cuda.device_count()} GPUs "
-                             "on this node: --nproc_per_node must not exceed the GPU count")
-        args.device = f"cuda:{local_rank()}"
-        torch.cuda.set_device(args.device)
+            raise DistributedError(f"LOCAL_RANK {local_rank()} but only {torch.cuda.device_count()} GPUs "
+                                   "on this node: --nproc_per_node must not exceed the GPU count")
+        device = torch.device(f"cuda:{local_rank()}")
+        torch.cuda.set_device(device)
     else:
-        args.device = "cpu"
+        device = torch.device("cpu")
     dist.init_process_group("nccl" if use_cuda else "gloo")
-    return torch.device(args.device)
+    return device
 
 
-def per_process_batches(args) -> None:
-    """--batch-size is global: each process takes an equal share (required to divide evenly, so
-    that the average of the processes' gradients is the gradient of the global batch)."""
-    n = world_size()
-    if args.batch_size % n:
-        raise SystemExit(f"error: --batch-size {args.batch_size} (the global batch) must be divisible by "
-                         f"the number of processes {n}")
-    args.batch_size //= n
-    args.val_batch_size = max(1, -(-args.val_batch_size // n))
+def per_process_config(config: RunConfig, processes: int, device: torch.device) -> RunConfig:
+    """The configuration one of `processes` runs: on `device`, with its share of the batches.
+
+    --batch-size is global: each process takes an equal share (required to divide evenly, so that
+    the average of the processes' gradients is the gradient of the global batch).
+    """
+    if config.batch_size % processes:
+        raise DistributedError(f"--batch-size {config.batch_size} (the global batch) must be divisible by "
+                               f"the number of processes {processes}")
+    return replace(config, device=str(device), batch_size=config.batch_size // processes,
+                   val_batch_size=max(1, -(-config.val_batch_size // processes)))
 
 
 def main_first(fn: Callable[[], object]):
@@ -108,14 +115,24 @@ def main_first(fn: Callable[[], object]):
         return result
     dist.broadcast_object_list(failed, src=0)
     if failed[0]:
-        raise SystemExit(f"error: rank {rank()}: stopped, as rank 0 failed to prepare the data (its message says why)")
+        raise DistributedError(f"rank {rank()}: stopped, as rank 0 failed to prepare the data (its message says why)")
     return fn()
 
 
 # ----------------------------------------------------------------------------- model and data
 
 class _DDP(DistributedDataParallel):
-    """DDP that also answers the wrapped model's own attributes (reset_states, feedback, ...)."""
+    """DDP that also answers the wrapped model's own attributes (reset_states, feedback, ...).
+
+    step() and sequence() go through DDP's forward (which prepares the gradient all-reduce), then
+    the model's, which accepts exactly the two forms.
+    """
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def sequence(self, x: torch.Tensor, loss_steps: Optional[int] = None) -> torch.Tensor:
+        return self(x, loss_steps)
 
     def __getattr__(self, name: str):
         try:
@@ -193,25 +210,21 @@ def reduce_result(result, device: torch.device):
 
 # ----------------------------------------------------------------------------- the run
 
-def run(args, runner: Optional[Callable] = None) -> dict:
+def run(config: RunConfig) -> dict:
     """`python -m training` in one process of a torchrun group."""
-    from .data import build_dataset
-
-    if runner is None:
-        from .runner import run as runner
-    device = init(args)
+    device = init(config)
     try:
-        global_batch, n = args.batch_size, world_size()
-        per_process_batches(args)
+        n = world_size()
+        local = per_process_config(config, n, device)
         if is_main():
-            print(f"distributed: {n} processes ({dist.get_backend()}), global batch {global_batch} "
-                  f"= {args.batch_size} per process", flush=True)
+            print(f"distributed: {n} processes ({dist.get_backend()}), global batch {config.batch_size} "
+                  f"= {local.batch_size} per process", flush=True)
         # rank 0 computes the frame cache; the others then only read it
-        main_first(lambda: (build_dataset(args, True), build_dataset(args, False)))
-        return runner(args, is_main=is_main(), wrap_model=lambda model: wrap_model(model, device),
-                      train_sampler_fn=lambda dataset: train_sampler(dataset, args.seed),
-                      test_sampler_fn=ShardSampler,
-                      reduce_result=lambda result: reduce_result(result, device))
+        main_first(lambda: (build_dataset(local, True), build_dataset(local, False)))
+        return run_trials(local, is_main=is_main(), wrap_model=lambda model: wrap_model(model, device),
+                          train_sampler_fn=lambda dataset: train_sampler(dataset, local.seed),
+                          test_sampler_fn=ShardSampler,
+                          reduce_result=lambda result: reduce_result(result, device))
     finally:
         if active():
             dist.destroy_process_group()

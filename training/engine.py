@@ -64,15 +64,15 @@ class Trainer:
         if self.training_mode == "bptt":
             opt.zero_grad(set_to_none=True)
             if self.step_mode == "sequence":
-                pred = model(x, T).sum(0)
+                pred = model.sequence(x, T).sum(0)
             else:
-                pred = sum(model(x[t]) for t in range(T))
+                pred = sum(model.step(x[t]) for t in range(T))
             self.backward(self.loss(pred, labels), last=True)
             opt.step()
             return pred.detach()
         if self.training_mode == "stllr" and self.step_mode == "sequence":
             opt.zero_grad(set_to_none=True)
-            out = model(x, T - first_loss)
+            out = model.sequence(x, T - first_loss)
             loss = sum(self.loss(out[t], labels) for t in range(first_loss, T))
             if first_loss < T:
                 self.backward(loss, last=True)
@@ -86,7 +86,7 @@ class Trainer:
             last = online or t == T - 1
             # DDP decides at the forward whether the next backward syncs: the context spans both
             with self.sync_context(last), torch.set_grad_enabled(t >= first_loss):
-                out = model(x[t])
+                out = model.step(x[t])
                 pred = pred + out.detach()
                 if t >= first_loss:
                     if online:
@@ -105,8 +105,8 @@ def predict(model: torch.nn.Module, x: Tensor, step_mode: str = "online") -> Ten
         model.reset_states()
         model.feedback.set_target(None)
         if step_mode == "sequence":
-            return model(x, 0).sum(0)
-        return sum(model(x[t]) for t in range(x.shape[0]))
+            return model.sequence(x, 0).sum(0)
+        return sum(model.step(x[t]) for t in range(x.shape[0]))
 
 
 class SavedTensorMeter:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 
+from ..errors import DatasetError
 
-class DatasetFilesMissing(FileNotFoundError):
+
+class DatasetFilesMissing(DatasetError, FileNotFoundError):
     """A dataset's files are missing under --data-path.
 
     The message alone says what to do (which files, where, where to get them), so the command line

@@ -1,11 +1,12 @@
 """The architectures of `--arch`: name -> which dataset it is built for and how to build it.
 
-Builders read the parsed flags (activation, factors_stdp, pooling, feedback_mode).
+Builders read the run configuration (`training.config.RunConfig`: activation, factors_stdp,
+pooling, feedback_mode).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .base import SpikingModel
 from .common import ACTIVATIONS, DEFAULT_ACTIVATION, FEEDBACK_MODES
@@ -13,16 +14,19 @@ from .digits import DigitsBPTT, DigitsSTLLR
 from .shd import SHDBPTT, SHDSTLLR
 from .vgg import VGGBPTT, VGGSTLLR
 
+if TYPE_CHECKING:  # config imports this package (for the --arch choices), not the other way round
+    from ..config import RunConfig
+
 
 @dataclass(frozen=True)
 class Arch:
     dataset: str                          # the --dataset it is built for (input shape, classes)
-    build: Callable[..., SpikingModel]    # build(args) -> model
+    build: Callable[..., SpikingModel]    # build(config) -> model
     stllr: bool                           # S-TLLR layers (False: BPTT baseline)
 
 
-def _factors(args):
-    return list(args.factors_stdp)
+def _factors(config: "RunConfig") -> list:
+    return list(config.factors_stdp)
 
 
 ARCHS = {
@@ -41,8 +45,9 @@ ARCHS = {
 ARCHS["dvscifar10_vgg11_stllr"] = ARCHS["dvscifar10_vgg_stllr"]
 
 
-def build_model(args) -> SpikingModel:
-    return ARCHS[args.arch].build(args)
+def build_model(config: "RunConfig") -> SpikingModel:
+    """The --arch model of `config`, built from its activation, factors, pooling and feedback mode."""
+    return ARCHS[config.arch].build(config)
 
 
 __all__ = ["ARCHS", "Arch", "ACTIVATIONS", "DEFAULT_ACTIVATION", "FEEDBACK_MODES", "SpikingModel",

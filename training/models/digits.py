@@ -5,8 +5,6 @@ like the VGG's head: an S-TLLR version and its BPTT twin.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn as nn
 from torch import Tensor
 
@@ -29,14 +27,15 @@ class DigitsSTLLR(SpikingModel):
         self.classifier = nn.Linear(hidden, self.num_classes)
         init_weights(self)
 
-    def step(self, x: Tensor, loss_steps: Optional[int]) -> Tensor:
-        x = self.linear1(x) if loss_steps is None else self.linear1(x, loss_steps)
-        return self.classifier(self.hook1(x))
+    def forward_step(self, x: Tensor) -> Tensor:
+        return self.classifier(self.hook1(self.linear1(x)))
+
+    def forward_sequence(self, x: Tensor, loss_steps: int) -> Tensor:
+        return self.classifier(self.hook1(self.linear1(x, loss_steps)))
 
 
 class DigitsBPTT(SpikingModel):
     input_shape, num_classes = (64,), 10
-    uses_stllr = False
 
     def __init__(self, activation: str, hidden: int = HIDDEN):
         super().__init__("BP")
@@ -45,7 +44,7 @@ class DigitsBPTT(SpikingModel):
         self.classifier = nn.Linear(hidden, self.num_classes)
         init_weights(self)
 
-    def step(self, x: Tensor, loss_steps: Optional[int]) -> Tensor:
+    def forward_step(self, x: Tensor) -> Tensor:
         return self.classifier(self.lif1(self.linear1(x)))
 
 

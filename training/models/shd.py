@@ -1,8 +1,6 @@
 """The SHD networks (SPEC section 7): 700 inputs, one recurrent layer of 450, a leaky readout."""
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor
 
 from stllr_kernels.nn import LeakyReadout, LinearRecLIF, LinearRecSTLLR, LinearSTLLR
@@ -30,9 +28,10 @@ class SHDSTLLR(SpikingModel):
                                       factors=READOUT_FACTORS)
         init_weights(self)
 
-    def step(self, x: Tensor, loss_steps: Optional[int]) -> Tensor:
-        if loss_steps is None:
-            return self.last_layer(self.hook1(self.linear1(x)))
+    def forward_step(self, x: Tensor) -> Tensor:
+        return self.last_layer(self.hook1(self.linear1(x)))
+
+    def forward_sequence(self, x: Tensor, loss_steps: int) -> Tensor:
         return self.last_layer(self.hook1(self.linear1(x, loss_steps)), loss_steps)
 
 
@@ -43,7 +42,6 @@ class SHDBPTT(SpikingModel):
     """
 
     input_shape, num_classes = (700,), 20
-    uses_stllr = False
 
     def __init__(self, feedback_mode: str = "BP"):
         super().__init__(feedback_mode)
@@ -51,5 +49,5 @@ class SHDBPTT(SpikingModel):
         self.last_layer = LeakyReadout(HIDDEN, self.num_classes, leak=READOUT_LEAK)
         init_weights(self)
 
-    def step(self, x: Tensor, loss_steps: Optional[int]) -> Tensor:
+    def forward_step(self, x: Tensor) -> Tensor:
         return self.last_layer(self.linear1(x))

@@ -6,8 +6,6 @@ each step is that step's logits. Conv leak 0.0 (beta = 0.5).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn as nn
 from torch import Tensor
 
@@ -45,11 +43,14 @@ class VGGSTLLR(SpikingModel):
         self.classifier = nn.Linear(channels, num_classes)
         init_weights(self)
 
-    def step(self, x: Tensor, loss_steps: Optional[int]) -> Tensor:
-        sequence = loss_steps is not None
+    def forward_step(self, x: Tensor) -> Tensor:
         for conv, drop, pool, hook in zip(self.convs, self.drops, self.pools, self.hooks):
-            x = conv(x, loss_steps) if sequence else conv(x)
-            x = drop(x, sequence=sequence)
+            x = hook(pool(drop(conv(x))))
+        return self.classifier(x.mean((-2, -1)))
+
+    def forward_sequence(self, x: Tensor, loss_steps: int) -> Tensor:
+        for conv, drop, pool, hook in zip(self.convs, self.drops, self.pools, self.hooks):
+            x = drop(conv(x, loss_steps), sequence=True)  # one mask [B, ...] for all T steps
             x = hook(time_distributed(pool, x, 3))
         return self.classifier(x.mean((-2, -1)))
 
@@ -60,8 +61,6 @@ class VGGBPTT(SpikingModel):
     As in the original's BPTT VGG, the pooling is average pooling whatever --pooling says, and
     the third pooling acts on the currents of the sixth conv, before its LIF.
     """
-
-    uses_stllr = False
 
     def __init__(self, in_channels: int, height: int, width: int, num_classes: int,
                  activation: str, dropout: float, feedback_mode: str = "BP"):
@@ -79,7 +78,7 @@ class VGGBPTT(SpikingModel):
         self.classifier = nn.Linear(channels, num_classes)
         init_weights(self)
 
-    def step(self, x: Tensor, loss_steps: Optional[int]) -> Tensor:
+    def forward_step(self, x: Tensor) -> Tensor:
         for i, (conv, lif, drop, pool) in enumerate(zip(self.convs, self.lifs, self.drops, self.pools)):
             x = drop(lif(pool(conv(x)))) if i == POOL_BEFORE_LIF else pool(drop(lif(conv(x))))
         return self.classifier(x.mean((-2, -1)))

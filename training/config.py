@@ -1,0 +1,225 @@
+"""The run configuration: one frozen `RunConfig` built once (from the command line, or directly from
+Python) and passed explicitly; its flag table; and its checks.
+
+    config = RunConfig(dataset="Digits", arch="digits_stllr", epochs=5)   # a notebook, a benchmark
+    config = training.cli.parse_config(argv)                              # the command line
+
+`FLAGS` is the one table of settings: each flag's spelling, type, default, choices and help. The
+command line builds its parser from it and `RunConfig`'s fields take their defaults from it; a
+field's name is the flag's argparse name (`--delay-ls` -> `delay_ls`). Nothing changes a config
+once built: a derived one (a distributed process's share of the batch) is a new one, made with
+`dataclasses.replace`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from stllr_kernels.backends import BACKEND_MODULES
+from stllr_kernels.backends import unavailable_reason as backend_unavailable_reason
+from stllr_kernels.config import check_factors
+
+from .data import DATASETS, unavailable_reason
+from .engine import LOSSES, STEP_MODES, TRAINING_MODES
+from .errors import FlagError
+from .models import ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, FEEDBACK_MODES
+
+OPTIMIZERS = ("SGD", "NAG", "Adam", "RMSProp", "RProp")
+
+# The one flag table: (flag, argparse keywords). The original's flags first, in its order.
+ORIGINAL_FLAGS = (
+    ("--arch", dict(type=str, default="dvs_vgg_stllr", choices=sorted(ARCHS), help="SNN architecture.")),
+    ("--cpu", dict(action="store_true", default=False, help="Disable CUDA training and run training on CPU")),
+    ("--dataset", dict(type=str, default="DVSGesture", choices=list(DATASETS), help="Choice of the dataset")),
+    ("--save-path", dict(type=str, default="./experiments/default",
+                         help="Directory to save the checkpoint and logs of the experiment")),
+    ("--data-path", dict(type=str, default=None, help="Path for the datasets folder.")),
+    ("--trials", dict(type=int, default=1, help="Number of trials (repetitions with different initializations)")),
+    ("--epochs", dict(type=int, default=100, help="Number of epochs to train")),
+    ("--optimizer", dict(type=str, choices=list(OPTIMIZERS), default="Adam", help="Choice of the optimizer")),
+    ("--loss", dict(type=str, choices=list(LOSSES), default="CE", help="Choice of the loss function")),
+    ("--lr", dict(type=float, default=1e-3, help="Initial learning rate")),
+    ("--batch-size", dict(type=int, default=16, help="Batch size for training")),
+    ("--val-batch-size", dict(type=int, default=5, help="Batch size for testing")),
+    ("--label-encoding", dict(type=str, default="class", choices=["class", "one-hot"],
+                              help="Label encoding (one-hot for DFA in the original; either works here).")),
+    ("--activation", dict(type=str, default=DEFAULT_ACTIVATION, choices=list(ACTIVATIONS),
+                          help="The original's name of the secondary activation function (Psi).")),
+    ("--seed", dict(type=int, default=1234, help="Seed for reproducibility.")),
+    ("--pretrained-model", dict(type=str, default=None, help="Path for the pretrained model")),
+    ("--training-mode", dict(type=str, default="stllr", choices=list(TRAINING_MODES), help="Training mode.")),
+    ("--feedback-mode", dict(type=str, default="BP", choices=list(FEEDBACK_MODES),
+                             help="Feedback mode to produce the learning signal.")),
+    ("--delay-ls", dict(type=int, default=5,
+                        help="Number of final time steps that get a learning signal (T - T_l).")),
+    ("--scheduler", dict(type=int, default=0, help="Cosine learning-rate decay over this many epochs (0: none).")),
+    ("--print-freq", dict(type=int, default=200, help="Frequency (in batches) of printing results.")),
+    ("--factors-stdp", dict(nargs="+", type=float, default=[0.2, 0.75, -1, 1],
+                            help="STDP parameters [lambda_post, lambda_pre, alpha_post, alpha_pre].")),
+    ("--pooling", dict(type=str, default="MAX", choices=["MAX", "AVG"], help="Pooling layer.")),
+    ("--weight-decay", dict(type=float, default=0, help="Weight decay L2 normalization")),
+)
+NEW_FLAGS = (
+    ("--backend", dict(type=str, default="auto", choices=["auto", *BACKEND_MODULES],
+                       help="Kernel backend of stllr_kernels (auto: the fastest available).")),
+    ("--step-mode", dict(type=str, default="online", choices=list(STEP_MODES),
+                         help="online: one time step per call (memory flat in T); sequence: the whole "
+                              "sequence per call (time-fused, faster on GPUs). Same gradients.")),
+    ("--resume", dict(type=str, default=None, metavar="PATH",
+                      help="Continue a run exactly from its checkpoint (save-path/checkpoint.pth.tar).")),
+    ("--workers", dict(type=int, default=None, help="DataLoader workers (default: 0 for Digits, else 4).")),
+    ("--device", dict(type=str, default=None, help="torch device, e.g. cuda:1 (default: cuda if available "
+                                                    "and not --cpu, else cpu).")),
+)
+FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
+_TABLE = dict(FLAGS)
+
+
+def field_name(flag: str) -> str:
+    """The argparse name of a flag, which is its RunConfig field: --delay-ls -> delay_ls."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _default(flag: str):
+    default = _TABLE[flag]["default"]
+    return tuple(default) if isinstance(default, list) else default  # a frozen config holds no lists
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run of `python -m training` is told. Fields: the flags (see FLAGS for help)."""
+
+    arch: str = _default("--arch")
+    cpu: bool = _default("--cpu")
+    dataset: str = _default("--dataset")
+    save_path: str = _default("--save-path")
+    data_path: Optional[str] = _default("--data-path")
+    trials: int = _default("--trials")
+    epochs: int = _default("--epochs")
+    optimizer: str = _default("--optimizer")
+    loss: str = _default("--loss")
+    lr: float = _default("--lr")
+    batch_size: int = _default("--batch-size")
+    val_batch_size: int = _default("--val-batch-size")
+    label_encoding: str = _default("--label-encoding")
+    activation: str = _default("--activation")
+    seed: int = _default("--seed")
+    pretrained_model: Optional[str] = _default("--pretrained-model")
+    training_mode: str = _default("--training-mode")
+    feedback_mode: str = _default("--feedback-mode")
+    delay_ls: int = _default("--delay-ls")
+    scheduler: int = _default("--scheduler")
+    print_freq: int = _default("--print-freq")
+    factors_stdp: tuple = _default("--factors-stdp")
+    pooling: str = _default("--pooling")
+    weight_decay: float = _default("--weight-decay")
+    backend: str = _default("--backend")
+    step_mode: str = _default("--step-mode")
+    resume: Optional[str] = _default("--resume")
+    workers: Optional[int] = _default("--workers")
+    device: Optional[str] = _default("--device")
+
+    def __post_init__(self):
+        if isinstance(self.factors_stdp, list):  # from argparse or a caller: stored immutable
+            object.__setattr__(self, "factors_stdp", tuple(self.factors_stdp))
+
+    @classmethod
+    def from_args(cls, namespace) -> "RunConfig":
+        """From the parser's namespace (exactly the fields: an unknown name is a TypeError)."""
+        return cls(**vars(namespace))
+
+    def validate(self) -> "RunConfig":
+        """Raise FlagError (naming the flag) for the first setting that cannot make a run; else self.
+
+        Reads the machine (files, devices, backends) but changes nothing.
+        """
+        problem = _first_problem(self)
+        if problem:
+            raise FlagError(problem)
+        return self
+
+
+def resolve_device(config: RunConfig) -> torch.device:
+    """--device, else cuda when there is one and --cpu is not given, else cpu."""
+    if config.device:
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
+
+
+def _type_problem(flag: str, value) -> Optional[str]:
+    """What argparse checks on the command line (type, choices), for a config built in Python."""
+    kwargs = _TABLE[flag]
+    if value is None and kwargs.get("default") is None:
+        return None
+    expected = bool if kwargs.get("action") == "store_true" else kwargs.get("type", str)
+    if kwargs.get("nargs") == "+" and not isinstance(value, tuple):
+        return f"{flag}: expected a sequence of {expected.__name__}, got {value!r}"
+    for v in value if kwargs.get("nargs") == "+" else (value,):
+        # bool is an int in Python but not a flag's number; an int is a fine float
+        accepted = (int, float) if expected is float else expected
+        if not isinstance(v, accepted) or (expected is not bool and isinstance(v, bool)):
+            return f"{flag}: expected {expected.__name__}, got {v!r}"
+    if "choices" in kwargs and value not in kwargs["choices"]:
+        return f"{flag}: expected one of {list(kwargs['choices'])}, got {value!r}"
+    return None
+
+
+def _first_problem(c: RunConfig) -> Optional[str]:
+    """None if the config makes a valid run, else the first problem, in one sentence."""
+    for flag in _TABLE:  # what argparse checks for the command line, here for Python callers too
+        problem = _type_problem(flag, getattr(c, field_name(flag)))
+        if problem:
+            return problem
+    try:
+        check_factors(list(c.factors_stdp))
+    except (TypeError, ValueError) as exc:
+        return f"--factors-stdp: {exc}"
+    for flag, value, low in (("--epochs", c.epochs, 1), ("--trials", c.trials, 1),
+                             ("--batch-size", c.batch_size, 1), ("--val-batch-size", c.val_batch_size, 1),
+                             ("--delay-ls", c.delay_ls, 0), ("--scheduler", c.scheduler, 0),
+                             ("--print-freq", c.print_freq, 1)):
+        if value < low:
+            return f"{flag} must be >= {low}, got {value}"
+    if c.workers is not None and c.workers < 0:
+        return f"--workers must be >= 0, got {c.workers}"
+    if not c.lr > 0:
+        return f"--lr must be > 0, got {c.lr}"
+    arch, spec = ARCHS[c.arch], DATASETS[c.dataset]
+    fits = DATASETS[arch.dataset]
+    if (fits.frame_shape, fits.num_classes) != (spec.frame_shape, spec.num_classes):
+        return (f"--arch {c.arch} is built for {arch.dataset} (input {fits.frame_shape}, "
+                f"{fits.num_classes} classes), not for --dataset {c.dataset} (input "
+                f"{spec.frame_shape}, {spec.num_classes} classes)")
+    if not arch.stllr and c.training_mode != "bptt":
+        return f"--arch {c.arch} is a BPTT baseline; it needs --training-mode bptt"
+    if not arch.stllr and c.feedback_mode != "BP":
+        return f"--feedback-mode {c.feedback_mode} needs an S-TLLR architecture; {c.arch} is BPTT"
+    if c.training_mode == "stllr_online" and c.step_mode == "sequence":
+        return "--training-mode stllr_online updates the weights at every step; it needs --step-mode online"
+    if spec.needs_path and not c.data_path:
+        return f"--dataset {c.dataset} needs --data-path (the folder holding the dataset)"
+    if spec.needs_path and not os.path.isdir(c.data_path):
+        return f"--data-path {c.data_path!r} is not a directory"
+    reason = unavailable_reason(c.dataset)
+    if reason:
+        return reason
+    for flag, path in (("--resume", c.resume), ("--pretrained-model", c.pretrained_model)):
+        if path is not None and not os.path.isfile(path):
+            return f"{flag}: no file at {path!r}"
+    try:
+        device = torch.device(c.device) if c.device else None
+    except RuntimeError as exc:
+        return f"--device: {exc}"
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {c.device}: CUDA is not available on this machine"
+    if device is not None and device.type == "cuda" and c.cpu:
+        return f"--cpu and --device {c.device} contradict each other"
+    if c.backend != "auto":
+        reason = backend_unavailable_reason(c.backend, resolve_device(c).type)
+        if reason:
+            return f"--backend {c.backend}: {reason}"
+    return None
+
