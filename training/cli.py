@@ -13,6 +13,8 @@ from stllr_kernels.backends import BACKEND_MODULES, BackendUnavailable, set_back
 from stllr_kernels.config import check_factors
 
 from .data import DATASETS, unavailable_reason
+from .datasets.catalog import DEFAULT_ENCODING, ENCODINGS
+from .errors import DatasetError
 from .engine import LOSSES, STEP_MODES, TRAINING_MODES
 from .models import ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, FEEDBACK_MODES
 
@@ -62,6 +64,11 @@ NEW_FLAGS = (
     ("--workers", dict(type=int, default=None, help="DataLoader workers (default: 0 for Digits, else 4).")),
     ("--device", dict(type=str, default=None, help="torch device, e.g. cuda:1 (default: cuda if available "
                                                     "and not --cpu, else cpu).")),
+    ("--frames", dict(type=str, default=DEFAULT_ENCODING, choices=list(ENCODINGS),
+                      help="How events become frames. original: the original code's tensors, quirks included "
+                           "(the paper's inputs); counts: plain event counts at the network's resolution.")),
+    ("--download", dict(action="store_true", default=False,
+                        help="Fetch a missing dataset's archives (tonic's URLs and checksums) into --data-path.")),
 )
 FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
 
@@ -159,11 +166,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             distributed.run(args, run)
         else:
             run(args)
-    except FileNotFoundError as exc:  # a dataset's files missing: its message says what to do
-        if type(exc).__name__ != "DatasetFilesMissing":
-            raise
+    except DatasetError as exc:  # files missing or a failed --download: its message says what to do
         sys.stderr.write(f"python -m training: error: {exc}\n")
-        return 2
+        return exc.exit_code
     return 0
 
 
