@@ -246,3 +246,21 @@ def test_interrupted_extraction_is_not_taken_as_complete(server, monkeypatch, tm
     same_items(cifar10dvs.build(args_for(data, download=True), True), cifar10dvs.build(args_for(src), True))
     assert len(server.requests) == served  # the verified archive was reused, not fetched again
     assert not leftovers(data / "CIFAR10DVS")
+
+
+def test_command_line_download_then_train(server, monkeypatch, tmp_path, capsys):
+    """`python -m training ... --download` on an empty --data-path: fetched, then one epoch runs;
+    `--frames counts` on the same files then trains from its own cache."""
+    from training.cli import main
+
+    src, data = tmp_path / "src", tmp_path / "data"
+    data.mkdir()
+    serve(monkeypatch, server, shd, tiny_archives(shd, src))
+    argv = ["--arch", "stllr_shd_net", "--dataset", "SHD", "--data-path", str(data), "--epochs", "1",
+            "--batch-size", "2", "--val-batch-size", "2", "--delay-ls", "5", "--cpu", "--workers", "0"]
+    assert main(argv + ["--save-path", str(tmp_path / "a")]) == 2  # no --download: the message
+    assert capsys.readouterr().err.rstrip().endswith("or pass --download")
+    assert main(argv + ["--save-path", str(tmp_path / "b"), "--download"]) == 0
+    assert main(argv + ["--save-path", str(tmp_path / "c"), "--frames", "counts"]) == 0
+    caches = os.listdir(data / "cache" / "SHD")
+    assert len(caches) == 4  # train and test, for each encoding
