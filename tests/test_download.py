@@ -264,3 +264,23 @@ def test_command_line_download_then_train(server, monkeypatch, tmp_path, capsys)
     assert main(argv + ["--save-path", str(tmp_path / "c"), "--frames", "counts"]) == 0
     caches = os.listdir(data / "cache" / "SHD")
     assert len(caches) == 4  # train and test, for each encoding
+
+
+def test_catalog_archives_are_tonics_own():
+    """--download fetches exactly what tonic's dataset classes would (URL and MD5)."""
+    import tonic.datasets
+
+    from training.datasets import catalog
+
+    def pairs(record):
+        return {(a.filename, a.url, a.md5) for a in record.archives}
+
+    g, c, s = tonic.datasets.DVSGesture, tonic.datasets.CIFAR10DVS, tonic.datasets.SHD
+    assert pairs(catalog.DVS_GESTURE) == {(g.train_filename, g.train_url, g.train_md5),
+                                          (g.test_filename, g.test_url, g.test_md5)}
+    assert pairs(catalog.CIFAR10DVS) == {(c.filename, c.url, c.file_md5)}
+    assert list(catalog.CIFAR10DVS.archives[0].inner) == list(c.data_filename)
+    assert pairs(catalog.SHD) == {(s.train_zip, s.base_url + s.train_zip, s.train_md5),
+                                  (s.test_zip, s.base_url + s.test_zip, s.test_md5)}
+    for record in (catalog.DVS_GESTURE, catalog.CIFAR10DVS, catalog.SHD):
+        assert {split for a in record.archives for split in a.splits} == {"train", "test"}
