@@ -242,9 +242,10 @@ def test_shd_original_frames(data, train):
         torch.testing.assert_close(x, torch.from_numpy(want), rtol=0, atol=0)
         lengths.add(len(want))
         assert t[0] > 0  # the fixture's onsets: bins from t = 0 would differ
-    assert max(lengths) <= 99
+    steps = catalog.SHD.steps["original"]  # 99: 1 s of 10 ms bins from the first spike, the last dropped
+    assert max(lengths) <= steps
     if train:  # a recording of over 1 s gives the full 99 frames, a shorter one fewer
-        assert 99 in lengths and len(lengths) > 1
+        assert steps in lengths and len(lengths) > 1
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -324,7 +325,8 @@ def test_gesture_original_training_slices(data):
         label = int(os.path.basename(path)[:-4])
         expected += [(frames, label) for frames in gesture_original_slices(path)]
     lengths = [len(f) for f, _ in expected]
-    assert max(lengths) == 20 and min(lengths) < 20, "fixture lacks a full or a short slice"
+    steps = catalog.DVS_GESTURE.steps["original"]  # 20: 1.575 s of 75 ms frames, the last bin dropped
+    assert max(lengths) == steps and min(lengths) < steps, "fixture lacks a full or a short slice"
     assert len(ds) == len(expected)
 
     crop = ds.transform
@@ -352,7 +354,7 @@ def test_gesture_original_training_slices(data):
         offsets.add(hits[0])
     assert len(offsets) > 1
     x, _ = pad_collate([ds[i] for i in range(len(ds))])
-    assert x.shape[0] == 20  # padded per batch to its longest sample
+    assert x.shape[0] == steps  # padded per batch to its longest sample
 
 
 def test_gesture_counts_test_items_are_whole_recordings(data):
