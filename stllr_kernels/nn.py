@@ -399,7 +399,8 @@ class LIF(_Stateful, nn.Module):
         theta = theta_of(self.threshold)
         v = beta_of(self.leak) * self.v + current
         s = spike_fn(v - theta, self.psi)
-        self.v = v - theta * s if self.reset_mechanism == "soft" else v * (1.0 - s)
+        reset = s.detach()  # as the original: no gradient through the reset (SPEC section 7.1)
+        self.v = v - theta * reset if self.reset_mechanism == "soft" else v * (1.0 - reset)
         return s.to(current.dtype)
 
     def extra_repr(self) -> str:

@@ -25,9 +25,10 @@ def write_shd(root: str, n_train: int = 6, n_test: int = 3, seed: int = 0) -> st
     for split, n in (("train", n_train), ("test", n_test)):
         times, units = [], []
         for i in range(n):
+            onset = rng.uniform(0.0, 0.15)    # the first spike comes after t = 0, as in real SHD
             duration = rng.uniform(0.4, 1.3)  # some recordings end before 1 s, some after
             count = int(rng.integers(50, 400))
-            times.append(np.sort(rng.uniform(0.0, duration, count)).astype(np.float32))
+            times.append(np.sort(onset + rng.uniform(0.0, duration, count)).astype(np.float32))
             units.append(rng.integers(0, 700, count).astype(np.uint16))
         with h5py.File(os.path.join(folder, f"shd_{split}.h5"), "w") as f:
             f.create_dataset("spikes/times", data=np.array(times, dtype=object),
@@ -46,9 +47,22 @@ def write_shd(root: str, n_train: int = 6, n_test: int = 3, seed: int = 0) -> st
 GESTURE_FOLDERS = {"train": ("user01_fluorescent", "user02_led"), "test": ("user24_natural",)}
 
 
-def write_dvs_gesture(root: str, labels=(0, 3, 10), durations_ms=(5000, 1200, 2400), seed: int = 0) -> str:
+def _pixels(rng, count: int, blob: float, size: int = 128, patch: int = 16):
+    """x, y of `count` events: a fraction `blob` inside one random patch x patch square (dense
+    enough to survive the original's rounded resize), the rest anywhere on the sensor."""
+    x, y = rng.integers(0, size, count), rng.integers(0, size, count)
+    inside = rng.random(count) < blob
+    corner = rng.integers(0, size - patch, 2)
+    x[inside] = corner[0] + rng.integers(0, patch, int(inside.sum()))
+    y[inside] = corner[1] + rng.integers(0, patch, int(inside.sum()))
+    return x, y
+
+
+def write_dvs_gesture(root: str, labels=(0, 3, 10), durations_ms=(5000, 1200, 2400), seed: int = 0,
+                      counts=(300, 800), blob: float = 0.0) -> str:
     """Per user folder, one recording per label; durations cycle over `durations_ms` (the default
-    gives a recording with 3 windows of 1.575 s, one shorter than a window, one with 1)."""
+    gives a recording with 3 slices of 1.575 s, one shorter than a slice, one with 1). Each has
+    `counts` events (a range), a fraction `blob` of them in one dense patch."""
     rng = np.random.default_rng(seed)
     k = 0
     for split, users in GESTURE_FOLDERS.items():
@@ -58,10 +72,9 @@ def write_dvs_gesture(root: str, labels=(0, 3, 10), durations_ms=(5000, 1200, 24
             for label in labels:
                 duration = durations_ms[k % len(durations_ms)]
                 k += 1
-                count = int(rng.integers(300, 800))
+                count = int(rng.integers(*counts))
                 events = np.empty((count, 4), dtype=np.int64)
-                events[:, 0] = rng.integers(0, 128, count)
-                events[:, 1] = rng.integers(0, 128, count)
+                events[:, 0], events[:, 1] = _pixels(rng, count, blob)
                 events[:, 2] = rng.integers(0, 2, count)
                 events[:, 3] = np.sort(rng.integers(0, duration, count))
                 np.save(os.path.join(base, user, f"{label}.npy"), events)
@@ -130,14 +143,24 @@ def write_aedat4(path: str, t, x, y, on, packets: int = 2) -> None:
         f.write(_AEDAT4_MAGIC + _aedat4_header() + body)
 
 
-def write_cifar10dvs(root: str, per_class: int = 10, classes=CIFAR10DVS_CLASSES, seed: int = 0) -> str:
+def cifar10dvs_indices(per_class: int) -> list:
+    """File indices for `per_class` recordings: the last tenth (at least one) from 900 on, so that
+    the original's split (index 0-899 train, 900-999 test) gives both splits."""
+    n_test = max(1, per_class // 10)
+    return list(range(per_class - n_test)) + list(range(900, 900 + n_test))
+
+
+def write_cifar10dvs(root: str, per_class: int = 10, classes=CIFAR10DVS_CLASSES, seed: int = 0,
+                     counts=(200, 500), blob: float = 0.0, indices=None) -> str:
+    """cifar10_<class>_<index>.aedat4 per class, indices `indices` (default cifar10dvs_indices)."""
     rng = np.random.default_rng(seed)
+    indices = cifar10dvs_indices(per_class) if indices is None else list(indices)
     for name in classes:
         folder = os.path.join(root, "CIFAR10DVS", name)
         os.makedirs(folder, exist_ok=True)
-        for k in range(per_class):
-            count = int(rng.integers(200, 500))
+        for k in indices:
+            count = int(rng.integers(*counts))
             t = np.sort(rng.integers(0, 1_300_000, count))
-            x, y = rng.integers(0, 128, count), rng.integers(0, 128, count)
+            x, y = _pixels(rng, count, blob)
             write_aedat4(os.path.join(folder, f"cifar10_{name}_{k}.aedat4"), t, x, y, rng.integers(0, 2, count))
     return root

@@ -130,7 +130,7 @@ def test_missing_files_say_what_to_put_where(dataset, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     message = err[err.index(expected_message(dataset, tmp_path)):]
-    assert "Expected layout:" in message and message.rstrip().endswith("nothing is downloaded.")
+    assert "Expected layout:" in message and message.rstrip().endswith("or pass --download")
     assert "Traceback" not in err
 
 
@@ -143,4 +143,4 @@ def test_missing_files_in_a_real_process(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     message = proc.stderr[proc.stderr.index(expected_message("CIFAR10DVS", tmp_path)):]
-    assert message.rstrip().endswith("nothing is downloaded.")
+    assert message.rstrip().endswith("or pass --download")

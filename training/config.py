@@ -23,6 +23,7 @@ from stllr_kernels.backends import unavailable_reason as backend_unavailable_rea
 from stllr_kernels.config import check_factors
 
 from .data import DATASETS, unavailable_reason
+from .datasets.catalog import DEFAULT_ENCODING, ENCODINGS
 from .engine import LOSSES, STEP_MODES, TRAINING_MODES
 from .errors import FlagError
 from .models import ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, FEEDBACK_MODES
@@ -73,6 +74,11 @@ NEW_FLAGS = (
     ("--workers", dict(type=int, default=None, help="DataLoader workers (default: 0 for Digits, else 4).")),
     ("--device", dict(type=str, default=None, help="torch device, e.g. cuda:1 (default: cuda if available "
                                                     "and not --cpu, else cpu).")),
+    ("--frames", dict(type=str, default=DEFAULT_ENCODING, choices=list(ENCODINGS),
+                      help="How events become frames. original: the original code's tensors, quirks included "
+                           "(the paper's inputs); counts: plain event counts at the network's resolution.")),
+    ("--download", dict(action="store_true", default=False,
+                        help="Fetch a missing dataset's archives (tonic's URLs and checksums) into --data-path.")),
 )
 FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
 _TABLE = dict(FLAGS)
@@ -121,6 +127,8 @@ class RunConfig:
     resume: Optional[str] = _default("--resume")
     workers: Optional[int] = _default("--workers")
     device: Optional[str] = _default("--device")
+    frames: str = _default("--frames")
+    download: bool = _default("--download")
 
     def __post_init__(self):
         if isinstance(self.factors_stdp, list):  # from argparse or a caller: stored immutable

@@ -1,8 +1,8 @@
 """Datasets of `--dataset` and the loaders that batch them time-major.
 
 Every dataset yields `(frames [T, *frame_shape] float32, label int)`. The three paper datasets
-live in `training.datasets.<module>` (each exposing `build(args, train: bool) -> Dataset`) and are
-imported only when asked for; `Digits` is embedded (scikit-learn's 8x8 digits, no download).
+live in `training.datasets.<module>` (each exposing `build(args, train: bool) -> Dataset`; what
+each dataset is comes from `training.datasets.catalog`) and are imported only when asked for; `Digits` is embedded (scikit-learn's 8x8 digits, no download).
 Batches are `(x [T, B, *frame_shape], labels [B])`, sequences of unequal length zero-padded at
 the end to the longest in the batch.
 """
@@ -10,31 +10,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .datasets.catalog import CATALOG
 from .errors import DatasetError
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    frame_shape: tuple
-    num_classes: int
-    module: Optional[str]        # training.datasets.<module>; None for an embedded dataset
-    needs_path: bool
-    description: str
-
-
-DATASETS = {
-    "DVSGesture": DatasetSpec((2, 32, 32), 11, "dvs_gesture", True, "DVS128 Gesture, 2x32x32 frames"),
-    "CIFAR10DVS": DatasetSpec((2, 48, 48), 10, "cifar10dvs", True, "CIFAR10-DVS, 2x48x48 frames"),
-    "SHD": DatasetSpec((700,), 20, "shd", True, "Spiking Heidelberg Digits, 700 channels"),
-    "Digits": DatasetSpec((64,), 10, None, False, "scikit-learn 8x8 digits, Bernoulli rate-coded"),
-}
+# --dataset -> its catalog record (classes, frame shape, steps, pipeline module, files)
+DATASETS = CATALOG
 
 
 def unavailable_reason(name: str) -> Optional[str]:
@@ -64,7 +51,7 @@ def build_dataset(args, train: bool) -> Dataset:
 
 # ----------------------------------------------------------------------------- Digits
 
-DIGITS_STEPS = 20
+DIGITS_STEPS = CATALOG["Digits"].steps["original"]
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # the train/test split is fixed, whatever --seed says
 

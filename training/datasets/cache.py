@@ -1,7 +1,9 @@
 """Frames computed once per recording, kept on disk as one .npy file each, read back per item.
 
 Layout: <data-path>/cache/<dataset>/<split>-<hash of the preprocessing parameters>/
-    000000.npy ... (one frame array per recording), index.json (parameters, labels, lengths).
+    000000.npy ... (one frame array per recording), index.json (parameters, labels, lengths, and
+    for recordings cut into several samples the length of each: segments).
+The parameters include the --frames encoding, so switching it never reads another encoding's frames.
 index.json is written last, so its presence means the cache is complete; a run that stops midway
 keeps the recordings already written and resumes from there. Every file is written to a temporary
 name and renamed, so concurrent writers (several ranks, several workers) never leave a torn file.
@@ -37,10 +39,12 @@ def _atomic_save(path: str, array: np.ndarray) -> None:
 class FrameCache:
     """A complete cache: `frames(i)` (memory-mapped, read lazily), `labels[i]`, `lengths[i]` (steps)."""
 
-    def __init__(self, directory: str, labels: list, lengths: list):
+    def __init__(self, directory: str, labels: list, lengths: list, segments: Optional[list] = None):
         self.directory = directory
         self.labels = [int(v) for v in labels]
         self.lengths = [int(v) for v in lengths]
+        # per recording, the lengths of the consecutive samples its frames hold (None: one sample)
+        self.segments = None if segments is None else [[int(n) for n in seg] for seg in segments]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,7 +65,7 @@ class FrameCache:
             return None
         if index.get("params") != params:
             return None
-        return cls(directory, index["labels"], index["lengths"])
+        return cls(directory, index["labels"], index["lengths"], index.get("segments"))
 
     @classmethod
     def write(cls, directory: str, params: dict, source, workers: int = 0, desc: str = "frames") -> "FrameCache":
@@ -73,17 +77,22 @@ class FrameCache:
             raise OSError(f"cannot create the frame cache {directory} ({error.strerror}): "
                           "the folder given as --data-path must be writable") from None
         n = len(source)
-        labels, lengths = [0] * n, [0] * n
+        labels, lengths, segments = [0] * n, [0] * n, [None] * n
         loader = DataLoader(_Writer(source, directory), batch_size=None, shuffle=False,
                             num_workers=workers, collate_fn=_identity)
-        for i, length, label in tqdm(loader, total=n, desc=f"caching {desc}", unit="rec"):
-            labels[i], lengths[i] = label, length
+        for i, length, label, parts in tqdm(loader, total=n, desc=f"caching {desc}", unit="rec"):
+            labels[i], lengths[i], segments[i] = label, length, parts
         index = {"params": params, "labels": labels, "lengths": lengths}
+        if any(parts is not None for parts in segments):
+            segments = [[length] if parts is None else parts for parts, length in zip(segments, lengths)]
+            index["segments"] = segments
+        else:
+            segments = None
         tmp = os.path.join(directory, f"{INDEX}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             json.dump(index, f)
         os.replace(tmp, os.path.join(directory, INDEX))
-        return cls(directory, labels, lengths)
+        return cls(directory, labels, lengths, segments)
 
 
 def _compact(frames: np.ndarray) -> np.ndarray:
@@ -105,7 +114,9 @@ def _identity(item):
 
 
 class _Writer(Dataset):
-    """Item i: compute and save recording i (in the loader's worker), return (i, steps, label)."""
+    """Item i: compute and save recording i (in the loader's worker), return (i, steps, label,
+    segments). A source may return a list of frame arrays (several samples of one recording): they
+    are saved end to end, their lengths (segments) in a small JSON file written first."""
 
     def __init__(self, source, directory: str):
         self.source = source
@@ -116,11 +127,26 @@ class _Writer(Dataset):
 
     def __getitem__(self, i: int):
         path = os.path.join(self.directory, f"{i:06d}.npy")
+        parts_path = os.path.join(self.directory, f"{i:06d}.segments.json")
         if os.path.exists(path):  # left by an interrupted run
-            return i, int(np.load(path, mmap_mode="r").shape[0]), self.source.label(i)
+            parts = None
+            if os.path.exists(parts_path):
+                with open(parts_path) as f:
+                    parts = json.load(f)
+            return i, int(np.load(path, mmap_mode="r").shape[0]), self.source.label(i), parts
         frames, label = self.source[i]
+        parts = None
+        if isinstance(frames, list):
+            if not frames:
+                raise ValueError(f"recording {i}: no samples")
+            parts = [int(f.shape[0]) for f in frames]
+            frames = np.concatenate(frames)
+            tmp = f"{parts_path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(parts, f)
+            os.replace(tmp, parts_path)
         _atomic_save(path, _compact(frames))
-        return i, int(frames.shape[0]), int(label)
+        return i, int(frames.shape[0]), int(label), parts
 
 
 def cached(directory: str, params: dict, make_source: Callable, workers: int, desc: str) -> FrameCache:
@@ -151,6 +177,33 @@ class Recordings(Dataset):
         if self.transform is not None:
             frames = self.transform(frames)
         return frames, self.cache.labels[i]
+
+
+class Segments(Dataset):
+    """One item per sample cut from the cached recordings (their `segments`), unpadded: the
+    training collate pads each batch to its longest sample."""
+
+    def __init__(self, cache: FrameCache, transform: Optional[Callable] = None):
+        if cache.segments is None:
+            raise ValueError(f"the cache in {cache.directory} holds whole recordings, not segments")
+        self.cache = cache
+        self.transform = transform
+        self.items = []
+        for recording, parts in enumerate(cache.segments):
+            start = 0
+            for length in parts:
+                self.items.append((recording, start, length))
+                start += length
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        recording, start, length = self.items[i]
+        frames = _as_tensor(self.cache.frames(recording)[start:start + length])
+        if self.transform is not None:
+            frames = self.transform(frames)
+        return frames, self.cache.labels[recording]
 
 
 class Windows(Dataset):

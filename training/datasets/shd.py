@@ -1,8 +1,11 @@
 """Spiking Heidelberg Digits: 20 spoken digits as spikes of 700 cochlea channels.
 
-Pipeline (SPEC section 7): tonic's SHD reads the .h5 file; the first 1 s of each recording is
-binned into 100 frames of 10 ms (spike counts per channel), shorter recordings end in empty frames.
-Items: (frames float32 [100, 700], label).
+tonic's SHD reads the .h5 file (spike times in microseconds). Frames are spike counts per channel
+in 10 ms bins (`--frames`, SPEC section 7.1):
+- original (default): one 1 s slice from the recording's first spike, binned from that spike with
+  the incomplete last bin dropped: at most 99 frames (batches are padded to their longest sample);
+- counts: 100 bins of [k*10 ms, (k+1)*10 ms) from t = 0, spikes after 1 s left out.
+Items: (frames float32 [T, 700], label).
 """
 from __future__ import annotations
 
@@ -10,40 +13,52 @@ import os
 
 import numpy as np
 
+from .binning import count_bins, time_frames, time_slices
 from .cache import Recordings
-from .errors import DatasetFilesMissing, archive_hint
-from .sources import EventSource, cached_split, check_labels, offline
+from .catalog import SHD as RECORD
+from .errors import DatasetFilesMissing
+from .sources import EventSource, cached_split, check_labels, encoding, offline, require_files
 
-NAME = "SHD"
-NUM_CLASSES = 20
-CHANNELS = 700
-STEPS = 100            # 1 s in 10 ms bins
+NAME = RECORD.name
+NUM_CLASSES = RECORD.num_classes
+INPUT_SHAPE = RECORD.frame_shape
+CHANNELS = INPUT_SHAPE[0]
+STEPS = RECORD.steps["counts"]      # the counts encoding's fixed length
+SLICE_US = 1_000_000
 BIN_US = 10_000
-INPUT_SHAPE = (CHANNELS,)
 FILES = {True: "shd_train.h5", False: "shd_test.h5"}
-URL = "https://zenkelab.org/resources/spiking-heidelberg-datasets-shd/"
-EXPECTED_FILES = """\
-<data-path>/SHD/shd_train.h5
-<data-path>/SHD/shd_test.h5
-(the .h5 files inside shd_train.h5.zip and shd_test.h5.zip, unzipped)"""
-# everything the cached frames depend on: a change makes a new cache folder
-PARAMS = {"version": 1, "steps": STEPS, "bin_us": BIN_US, "channels": CHANNELS}
+URL = RECORD.source
+EXPECTED_FILES = RECORD.expected_files
+
+
+def params(frames: str) -> dict:
+    """Everything the cached frames depend on: a change makes a new cache folder."""
+    return {"version": 2, "frames": frames, "slice_us": SLICE_US, "bin_us": BIN_US, "channels": CHANNELS}
 
 
 def missing(root: str, detail: str = "") -> DatasetFilesMissing:
-    return DatasetFilesMissing(NAME, root, EXPECTED_FILES, URL, detail)
+    return DatasetFilesMissing.of(RECORD, root, detail)
 
 
-def to_frames(events: np.ndarray) -> np.ndarray:
-    """Spike counts [STEPS, CHANNELS] of bins [k*10 ms, (k+1)*10 ms) from t=0; spikes after 1 s are
-    left out (tonic's ToFrame with a fixed start and end, so every recording gives STEPS bins)."""
-    from tonic.transforms import ToFrame
-
+def original_frames(events: np.ndarray) -> np.ndarray:
+    """int16 [T <= 99, 700]: the first 1 s slice from the first spike, 10 ms bins from that spike,
+    the incomplete last bin dropped (tonic 1.4.3's SliceByTime + ToFrame, as the original ran them)."""
     if len(events) == 0:
-        return np.zeros((STEPS, CHANNELS), dtype=np.int16)
-    frames = ToFrame(sensor_size=(CHANNELS, 1, 1), time_window=BIN_US,
-                     start_time=0, end_time=STEPS * BIN_US)(events)
-    return frames.reshape(STEPS, CHANNELS)
+        return np.zeros((1, CHANNELS), dtype=np.int16)
+    first, end = time_slices(events["t"], SLICE_US)[0]
+    return time_frames(events[first:end], BIN_US, (1, CHANNELS)).reshape(-1, CHANNELS)
+
+
+def count_frames(events: np.ndarray) -> np.ndarray:
+    """int16 [100, 700]: bins [k*10 ms, (k+1)*10 ms) from t = 0; spikes at or after 1 s left out."""
+    t = events["t"].astype(np.int64)
+    edges = np.arange(STEPS + 1, dtype=np.int64) * BIN_US
+    starts = np.searchsorted(t, edges[:-1])
+    ends = np.searchsorted(t, edges[1:])
+    return count_bins(events, list(zip(starts.tolist(), ends.tolist())), (1, CHANNELS)).reshape(STEPS, CHANNELS)
+
+
+TO_FRAMES = {"original": original_frames, "counts": count_frames}
 
 
 def _tonic_dataset(root: str, train: bool):
@@ -56,22 +71,23 @@ def _tonic_dataset(root: str, train: bool):
     return cls(root, train=train)
 
 
-def _source(root: str, train: bool) -> EventSource:
+def _source(root: str, train: bool, frames: str = "original", fetch: bool = False) -> EventSource:
     import h5py
 
     path = os.path.join(root, NAME, FILES[train])
-    if not os.path.isfile(path):
-        raise missing(root, f"no {path}" + archive_hint(os.path.dirname(path), [FILES[train] + ".zip"]))
+    require_files(root, RECORD, "train" if train else "test", lambda: os.path.isfile(path), path, fetch)
     try:
         with h5py.File(path, "r") as f:
             labels = np.asarray(f["labels"][()], dtype=np.int64)
     except (OSError, KeyError) as error:
         raise ValueError(f"{path}: not an SHD .h5 file ({error})") from None
     check_labels(NAME, labels, NUM_CLASSES)
-    return EventSource(_tonic_dataset(root, train), range(len(labels)), labels, to_frames)
+    return EventSource(_tonic_dataset(root, train), range(len(labels)), labels, TO_FRAMES[frames])
 
 
 def build(args, train: bool):
-    """The SHD train or test split as a Dataset of (float32 [100, 700], int label)."""
-    cache = cached_split(args, NAME, PARAMS, train, _source)
+    """The SHD train or test split as a Dataset of (float32 [T, 700], int label)."""
+    frames = encoding(args)
+    cache = cached_split(args, NAME, params(frames), train,
+                         lambda root, train: _source(root, train, frames, bool(getattr(args, "download", False))))
     return Recordings(cache)

@@ -3,7 +3,8 @@
 tonic's dataset classes download their archive whenever it is absent, even when the extracted files
 are already on disk. `offline()` makes a subclass (same class name, so the same folder under
 --data-path) whose presence check looks at the extracted files only and whose download raises
-DatasetFilesMissing at once.
+DatasetFilesMissing at once. `require_files()` is the one place that decides, before tonic is
+asked, whether a split's files are there, fetches them under --download, or raises the message.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import download
 from .cache import cache_dir, cached
-from .errors import DatasetFilesMissing
+from .catalog import DEFAULT_ENCODING, check_encoding
+from .errors import DatasetFilesMissing, archive_hint
 
 
 def offline(tonic_class: type, is_present: Callable[[object], bool], missing: Callable[[], DatasetFilesMissing]):
@@ -64,6 +67,32 @@ def data_root(args) -> str:
     if not root:
         raise ValueError("--data-path is required: the folder holding the dataset folders (SHD/, DVSGesture/, CIFAR10DVS/)")
     return os.path.expanduser(str(root))
+
+
+def encoding(args) -> str:
+    """--frames: "original" (the original code's tensors, SPEC 7.1) or "counts"."""
+    return check_encoding(getattr(args, "frames", None) or DEFAULT_ENCODING)
+
+
+def require_files(root: str, record, split: str, present: Callable[[], bool], what: str,
+                  fetch: bool = False) -> None:
+    """Return when `present()` (and no download was cut short in the dataset's folder); else,
+    with `fetch` (--download), download and extract the split's archives and check again; else
+    raise DatasetFilesMissing naming `what` was looked for."""
+    folder = os.path.join(root, record.folder)
+    if present() and not download.interrupted(folder):
+        return
+    if fetch:
+        download.fetch(record, root, split)
+        if present() and not download.interrupted(folder):
+            return
+        raise DatasetFilesMissing.of(record, root, f"the downloaded archives did not give {what}")
+    if download.interrupted(folder):
+        detail = (f"an interrupted --download left {folder} incomplete: pass --download to finish it, "
+                  f"or delete {folder}")
+    else:
+        detail = f"no {what}" + archive_hint(folder, [a.filename for a in record.archives_for(split)])
+    raise DatasetFilesMissing.of(record, root, detail)
 
 
 def loader_workers(args) -> int:

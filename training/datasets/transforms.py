@@ -70,6 +70,16 @@ class RandomCrop:
         return random_crop(frames, self.padding)
 
 
+class Divide:
+    """frames / divisor (8-bit levels -> [0, 1] as torchvision's ToTensor divides by 255)."""
+
+    def __init__(self, divisor: float):
+        self.divisor = float(divisor)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames / self.divisor
+
+
 class Normalize:
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         self.mean, self.std = tuple(mean), tuple(std)

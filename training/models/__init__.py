@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from ..datasets.catalog import CATALOG
 from .base import SpikingModel
 from .common import ACTIVATIONS, DEFAULT_ACTIVATION, FEEDBACK_MODES
 from .digits import DigitsBPTT, DigitsSTLLR
@@ -29,15 +30,19 @@ def _factors(config: "RunConfig") -> list:
     return list(config.factors_stdp)
 
 
+# (channels, height, width, classes) of the image datasets, from the catalog
+GESTURE = (*CATALOG["DVSGesture"].frame_shape, CATALOG["DVSGesture"].num_classes)
+CIFAR = (*CATALOG["CIFAR10DVS"].frame_shape, CATALOG["CIFAR10DVS"].num_classes)
+
 ARCHS = {
     "dvs_vgg_stllr": Arch("DVSGesture", lambda a: VGGSTLLR(
-        2, 32, 32, 11, a.activation, _factors(a), a.pooling, 0.0, a.feedback_mode), True),
+        *GESTURE, a.activation, _factors(a), a.pooling, 0.0, a.feedback_mode), True),
     "dvscifar10_vgg_stllr": Arch("CIFAR10DVS", lambda a: VGGSTLLR(
-        2, 48, 48, 10, a.activation, _factors(a), a.pooling, 0.1, a.feedback_mode), True),
+        *CIFAR, a.activation, _factors(a), a.pooling, 0.1, a.feedback_mode), True),
     "stllr_shd_net": Arch("SHD", lambda a: SHDSTLLR(a.activation, _factors(a), a.feedback_mode), True),
     "digits_stllr": Arch("Digits", lambda a: DigitsSTLLR(a.activation, _factors(a), a.feedback_mode), True),
-    "dvs_vgg_bptt": Arch("DVSGesture", lambda a: VGGBPTT(2, 32, 32, 11, a.activation, 0.0), False),
-    "dvscifar10_vgg_bptt": Arch("CIFAR10DVS", lambda a: VGGBPTT(2, 48, 48, 10, a.activation, 0.1), False),
+    "dvs_vgg_bptt": Arch("DVSGesture", lambda a: VGGBPTT(*GESTURE, a.activation, 0.0), False),
+    "dvscifar10_vgg_bptt": Arch("CIFAR10DVS", lambda a: VGGBPTT(*CIFAR, a.activation, 0.1), False),
     "bptt_shd_net": Arch("SHD", lambda a: SHDBPTT(), False),
     "digits_bptt": Arch("Digits", lambda a: DigitsBPTT(a.activation), False),
 }

@@ -5,9 +5,11 @@ from torch import Tensor
 
 from stllr_kernels.nn import LeakyReadout, LinearRecLIF, LinearRecSTLLR, LinearSTLLR
 
+from ..datasets.catalog import SHD
 from .base import SpikingModel
 from .common import FeedbackHook, init_weights, stllr_psi
 
+INPUTS = SHD.frame_shape[0]
 HIDDEN = 450
 STLLR_LEAK = 5.0
 BPTT_LEAK = 15.0
@@ -18,11 +20,11 @@ READOUT_FACTORS = (0.0, 0.99, 0.0, 1.0)
 class SHDSTLLR(SpikingModel):
     """LinearRecSTLLR(700, 450, leak 5) -> [DFA hook] -> readout LinearSTLLR(accumulate, leak 5)."""
 
-    input_shape, num_classes = (700,), 20
+    input_shape, num_classes = SHD.frame_shape, SHD.num_classes
 
     def __init__(self, activation: str, factors, feedback_mode: str = "BP"):
         super().__init__(feedback_mode)
-        self.linear1 = LinearRecSTLLR(700, HIDDEN, leak=STLLR_LEAK, factors=factors, **stllr_psi(activation))
+        self.linear1 = LinearRecSTLLR(INPUTS, HIDDEN, leak=STLLR_LEAK, factors=factors, **stllr_psi(activation))
         self.hook1 = FeedbackHook(self.feedback, (HIDDEN,))
         self.last_layer = LinearSTLLR(HIDDEN, self.num_classes, accumulate=True, leak=READOUT_LEAK,
                                       factors=READOUT_FACTORS)
@@ -41,11 +43,11 @@ class SHDBPTT(SpikingModel):
     As in the original, its surrogate is fixed (fast_sigmoid) whatever --activation says.
     """
 
-    input_shape, num_classes = (700,), 20
+    input_shape, num_classes = SHD.frame_shape, SHD.num_classes
 
     def __init__(self, feedback_mode: str = "BP"):
         super().__init__(feedback_mode)
-        self.linear1 = LinearRecLIF(700, HIDDEN, leak=BPTT_LEAK, psi="fast_sigmoid")
+        self.linear1 = LinearRecLIF(INPUTS, HIDDEN, leak=BPTT_LEAK, psi="fast_sigmoid")
         self.last_layer = LeakyReadout(HIDDEN, self.num_classes, leak=READOUT_LEAK)
         init_weights(self)
 

@@ -6,6 +6,7 @@ each step is that step's logits. Conv leak 0.0 (beta = 0.5).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 
@@ -18,7 +19,6 @@ from .common import FeedbackHook, init_weights, make_pool, stllr_psi, surrogate_
 VGG_LAYERS = ((64, False), (128, True), (256, False), (256, True),
               (512, False), (512, True), (512, False), (512, False))
 VGG_LEAK = 0.0
-POOL_BEFORE_LIF = 5  # the BPTT VGG pools the sixth conv's current, as the original does
 
 
 class VGGSTLLR(SpikingModel):
@@ -58,8 +58,9 @@ class VGGSTLLR(SpikingModel):
 class VGGBPTT(SpikingModel):
     """Standardized convs + LIF with a surrogate gradient, full autograd through time.
 
-    As in the original's BPTT VGG, the pooling is average pooling whatever --pooling says, and
-    the third pooling acts on the currents of the sixth conv, before its LIF.
+    As in the original's BPTT VGG (SPEC section 7.1): every block runs conv -> LIF -> dropout ->
+    pool, the pooling is average pooling whatever --pooling says, and the classifier's bias keeps
+    PyTorch's default initialisation (the other weights: kaiming-normal, zero biases).
     """
 
     def __init__(self, in_channels: int, height: int, width: int, num_classes: int,
@@ -76,9 +77,12 @@ class VGGBPTT(SpikingModel):
             self.pools.append(nn.AvgPool2d(2, 2) if pool else nn.Identity())
             channels = out
         self.classifier = nn.Linear(channels, num_classes)
+        default_bias = self.classifier.bias.detach().clone()
         init_weights(self)
+        with torch.no_grad():
+            self.classifier.bias.copy_(default_bias)
 
     def forward_step(self, x: Tensor) -> Tensor:
-        for i, (conv, lif, drop, pool) in enumerate(zip(self.convs, self.lifs, self.drops, self.pools)):
-            x = drop(lif(pool(conv(x)))) if i == POOL_BEFORE_LIF else pool(drop(lif(conv(x))))
+        for conv, lif, drop, pool in zip(self.convs, self.lifs, self.drops, self.pools):
+            x = pool(drop(lif(conv(x))))
         return self.classifier(x.mean((-2, -1)))
