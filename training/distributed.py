@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import os
 from dataclasses import replace
+from datetime import timedelta
 from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
@@ -80,8 +81,22 @@ def init(config: RunConfig) -> torch.device:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout(config))
     return device
+
+
+DEFAULT_TIMEOUT_MINUTES = 10.0
+
+
+def collective_timeout(config) -> timedelta:
+    """--dist-timeout: how long a collective may wait for a hung process before the job fails
+    (instead of the backends' 30-minute default)."""
+    return timedelta(minutes=getattr(config, "dist_timeout", None) or DEFAULT_TIMEOUT_MINUTES)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def per_process_config(config: RunConfig, processes: int, device: torch.device) -> RunConfig:
@@ -225,6 +240,12 @@ def run(config: RunConfig) -> dict:
                           train_sampler_fn=lambda dataset: train_sampler(dataset, local.seed),
                           test_sampler_fn=ShardSampler,
                           reduce_result=lambda result: reduce_result(result, device))
+    except RuntimeError as exc:
+        if not is_timeout(exc):
+            raise
+        raise DistributedError(
+            f"rank {rank()}: a collective waited longer than --dist-timeout {collective_timeout(config)} "
+            "(another process hung or died); the last checkpoint is kept") from None
     finally:
         if active():
             dist.destroy_process_group()
