@@ -173,9 +173,10 @@ def _type_problem(flag: str, value) -> Optional[str]:
     if value is None and kwargs.get("default") is None:
         return None
     expected = bool if kwargs.get("action") == "store_true" else kwargs.get("type", str)
-    if kwargs.get("nargs") == "+" and not isinstance(value, tuple):
+    many = kwargs.get("nargs") == "+" or kwargs.get("action") == "append"  # a tuple of values
+    if many and not isinstance(value, tuple):
         return f"{flag}: expected a sequence of {expected.__name__}, got {value!r}"
-    for v in value if kwargs.get("nargs") == "+" else (value,):
+    for v in value if many else (value,):
         # bool is an int in Python but not a flag's number; an int is a fine float
         accepted = (int, float) if expected is float else expected
         if not isinstance(v, accepted) or (expected is not bool and isinstance(v, bool)):
@@ -204,11 +205,11 @@ def _first_problem(c: RunConfig) -> Optional[str]:
     if c.workers is not None and c.workers < 0:
         return f"--workers must be >= 0, got {c.workers}"
     if not 0 < c.lr < math.inf:
-        return f"--lr must be a finite number > 0, got {c.lr}"
+        return f"--lr must be > 0 and finite, got {c.lr}"
     if not 0 <= c.weight_decay < math.inf:
-        return f"--weight-decay must be a finite number >= 0, got {c.weight_decay}"
+        return f"--weight-decay must be >= 0 and finite, got {c.weight_decay}"
     if not 0 < c.dist_timeout < math.inf:
-        return f"--dist-timeout must be a finite number of minutes > 0, got {c.dist_timeout}"
+        return f"--dist-timeout must be > 0 and finite (minutes), got {c.dist_timeout}"
     if not 0 <= c.seed < 2 ** 63:
         return f"--seed must be in [0, 2**63), got {c.seed}"
     if c.delay_ls == 0 and c.training_mode != "bptt":
