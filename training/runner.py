@@ -223,9 +223,12 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
                 if is_main:
                     write_history(config.save_path, trial, history)
                     ckpt.save_checkpoint(state(epoch), resume_path)
-        except StopRequested as exc:
+        except (StopRequested, RuntimeError) as exc:
+            # RuntimeError after a signal: a distributed peer stopped first and broke a collective
+            if isinstance(exc, RuntimeError) and not stop:
+                raise
             raise RunInterrupted(
-                f"{exc} in trial {trial}, epoch {epoch}: stopped; {resume_path} holds the state after epoch "
+                f"{stop.name} in trial {trial}, epoch {epoch}: stopped; {resume_path} holds the state after epoch "
                 f"{epoch - 1} (continue with --resume {resume_path}; epoch {epoch} restarts)") from None
         except NonFinite as exc:
             raise RunDiverged(
