@@ -208,13 +208,18 @@ def test_override_of_a_structural_flag_is_refused(tmp_path, capsys):
     assert "--override optimizer" in line
 
 
-def test_more_epochs_on_resume_continue_the_run(tmp_path):
+def test_more_epochs_on_resume_continue_the_run(tmp_path, capsys):
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main(argv(whole, "--epochs", "3")) == 0
     assert main(argv(part, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(argv(part, "--epochs", "1", "--resume", str(part / RESUME))) == 0  # a finished run says so
+    assert "Nothing left to train" in capsys.readouterr().err
     assert main(argv(part, "--epochs", "3", "--resume", str(part / RESUME))) == 0
     a, b = load_resume(whole), load_resume(part)
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    line = one_line_error(capsys, 2, *argv(part, "--epochs", "2", "--resume", str(part / RESUME)))
+    assert "--epochs 2" in line and "total" in line
 
 
 # ----------------------------------------------------------------------------- save path

@@ -121,6 +121,9 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
     log(str(config))
     log(f"=> Everything will be saved to {config.save_path}")
     log(f"device {device}, backend {stllr_kernels.backend_info()['devices'].get(device.type, {}).get('selected')}")
+    if resume is not None and (resume["trial"], resume["epoch"]) == (config.trials, config.epochs):
+        log(f"Nothing left to train: {config.resume} holds the end of the run (trial {config.trials}, epoch "
+            f"{config.epochs}); --epochs and --trials are totals: raise one to go on")
     workers = config.workers if config.workers is not None else (0 if config.dataset == "Digits" else 4)
     train_set, test_set = build_dataset(config, True), build_dataset(config, False)
     generator = torch.Generator()
