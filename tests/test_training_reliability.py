@@ -129,6 +129,46 @@ def test_no_finalizer_holds_work_an_interrupt_could_land_in():
     assert meter.peak >= 4 * 5 * 4  # the saved input at least
 
 
+class FinalizerMeter:
+    """The old meter (frees counted in __del__): the reference for the figures, used in tests only."""
+
+    def __init__(self):
+        self.current = self.peak = 0
+
+    class Held:
+        def __init__(self, tensor, meter):
+            self.tensor, self.meter, self.nbytes = tensor, meter, tensor.numel() * tensor.element_size()
+            meter.current += self.nbytes
+            meter.peak = max(meter.peak, meter.current)
+
+        def __del__(self):
+            self.meter.current -= self.nbytes
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(lambda t: self.Held(t, self), lambda h: h.tensor)
+
+
+@pytest.mark.parametrize("arch,mode,step_mode", [("digits_stllr", "stllr", "online"),
+                                                 ("digits_stllr", "stllr", "sequence"),
+                                                 ("digits_stllr", "stllr_online", "online"),
+                                                 ("digits_bptt", "bptt", "online"), ("digits_stllr", "bptt", "sequence")])
+def test_meter_without_finalizers_gives_the_same_peak(arch, mode, step_mode, seed):
+    x, y = (torch.rand(7, 3, 64) < 0.3).float(), torch.randint(0, 10, (3,))
+    peaks = []
+    for meter in (FinalizerMeter(), SavedTensorMeter()):
+        torch.manual_seed(seed)
+        config = parse_config(["--dataset", "Digits", "--arch", arch, "--training-mode", mode, "--step-mode",
+                               step_mode, "--delay-ls", "4"])
+        model, optimizer, _ = runner.setup_trial(config, torch.device("cpu"))
+        trainer = Trainer(model, optimizer, make_loss("CE", 10), mode, step_mode, 4)
+        if isinstance(meter, SavedTensorMeter):
+            trainer.meter = meter
+        with meter.measure() if isinstance(meter, SavedTensorMeter) else meter.hooks():
+            trainer.train_batch(x, y)
+        peaks.append(meter.peak)
+    assert peaks[0] == peaks[1] > 0
+
+
 def interrupt_when_logged(monkeypatch, needle: str, signum=signal.SIGINT):
     """Send `signum` to this process right after the log line containing `needle`."""
     real = runner.setup_logging
