@@ -509,3 +509,32 @@ def test_hung_rank_times_out_and_is_recognised(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_hung_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
     assert (tmp_path / "outcome").read_text() == "timeout"
+
+
+def _used_save_path_worker(rank: int, port: int, root: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    code = main(["--dataset", "Digits", "--arch", "digits_stllr", "--epochs", "1", "--batch-size", "64", "--cpu",
+                 "--workers", "0", "--dist-timeout", "1", "--save-path", os.path.join(root, "used")])
+    with open(os.path.join(root, f"rank{rank}"), "w") as f:
+        f.write(str(code))
+
+
+@pytest.mark.slow
+def test_distributed_refusal_stops_every_rank(tmp_path):
+    """Rank 0 refuses a used --save-path; the other rank must stop too, not wait in a collective."""
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "log.log").write_text("a previous run\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    mp.spawn(_used_save_path_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert time.monotonic() - start < 50  # far less than the 1-minute collective timeout
+    assert (tmp_path / "rank0").read_text() == "2" and (tmp_path / "rank1").read_text() == "2"
+    assert (tmp_path / "used" / "log.log").read_text() == "a previous run\n"

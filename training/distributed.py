@@ -32,6 +32,7 @@ from torch.utils.data import DistributedSampler, Sampler
 from .config import RunConfig
 from .data import build_dataset
 from .errors import DistributedError
+from .run_dir import refuse_previous_run
 from .runner import run as run_trials
 
 
@@ -130,7 +131,7 @@ def main_first(fn: Callable[[], object]):
         return result
     dist.broadcast_object_list(failed, src=0)
     if failed[0]:
-        raise DistributedError(f"rank {rank()}: stopped, as rank 0 failed to prepare the data (its message says why)")
+        raise DistributedError(f"rank {rank()}: stopped, as rank 0 failed to prepare the run (its message says why)")
     return fn()
 
 
@@ -234,8 +235,10 @@ def run(config: RunConfig) -> dict:
         if is_main():
             print(f"distributed: {n} processes ({dist.get_backend()}), global batch {config.batch_size} "
                   f"= {local.batch_size} per process", flush=True)
-        # rank 0 computes the frame cache; the others then only read it
-        main_first(lambda: (build_dataset(local, True), build_dataset(local, False)))
+        # rank 0 checks --save-path (a refusal there must stop every rank, not leave them waiting in a
+        # collective) and computes the frame cache; the others then only read it
+        main_first(lambda: (is_main() and not local.resume and refuse_previous_run(local.save_path),
+                            build_dataset(local, True), build_dataset(local, False)))
         return run_trials(local, is_main=is_main(), wrap_model=lambda model: wrap_model(model, device),
                           train_sampler_fn=lambda dataset: train_sampler(dataset, local.seed),
                           test_sampler_fn=ShardSampler,
