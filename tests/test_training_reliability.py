@@ -11,7 +11,6 @@ import os
 import signal
 import stat
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import Subset
@@ -22,7 +21,7 @@ from training import distributed
 from training.cli import main, parse_config
 from training.data import DigitsSpikes
 from training.engine import SavedTensorMeter, Trainer, make_loss
-from training.errors import CheckpointError, RunDiverged, RunInterrupted, SavePathError
+from training.errors import RunDiverged
 
 RESUME = ckpt.RESUME_NAME
 
@@ -307,11 +306,10 @@ def corrupt_files(tmp_path):
     put("flipped", bytes(payload))
     torch.save(torch.load(tmp_path / "good" / ckpt.best_name(1), weights_only=True), tmp_path / "best")
     files["best"] = tmp_path / "best"
-    torch.save(weights_state := {"w": torch.ones(2)}, tmp_path / "state_dict")
+    torch.save({"w": torch.ones(2)}, tmp_path / "state_dict")
     files["state_dict"] = tmp_path / "state_dict"
     torch.save([1, 2, 3], tmp_path / "list")
     files["list"] = tmp_path / "list"
-    del weights_state
     return files
 
 
