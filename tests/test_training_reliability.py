@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Subset
@@ -240,6 +241,17 @@ def test_override_applies_the_change_and_records_it(tmp_path, capsys):
     # epoch 2 ran at the new schedule's rate for epoch 2: 0.02 * (1 + cos(pi / 3)) / 2
     assert state["history"]["lr"][1] == pytest.approx(0.02 * 0.75)
     assert json.loads((tmp_path / "summary.json").read_text())["overrides"][0]["flag"] == "--lr"
+
+
+@pytest.mark.parametrize("scheduler,expected", [("6", 0.001 * (1 + np.cos(np.pi / 6)) / 2), ("0", 0.001)])
+def test_override_scheduler_takes_the_new_schedule_at_this_epoch(tmp_path, scheduler, expected):
+    assert main(argv(tmp_path, "--epochs", "1")) == 0
+    assert main(argv(tmp_path, "--scheduler", scheduler, "--override", "scheduler", "--resume",
+                     str(tmp_path / RESUME))) == 0
+    state = load_resume(tmp_path)
+    assert state["history"]["lr"][0] == pytest.approx(0.001)  # epoch 1 ran on the old schedule
+    assert state["history"]["lr"][1] == pytest.approx(expected)
+    assert state["overrides"][0]["flag"] == "--scheduler"
 
 
 def test_override_of_a_structural_flag_is_refused(tmp_path, capsys):
