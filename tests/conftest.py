@@ -50,3 +50,7 @@ def seed(request):
     value = zlib.crc32(request.node.nodeid.encode()) % (2 ** 31)
     torch.manual_seed(value)
     return value
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test (deselect with -m 'not slow')")

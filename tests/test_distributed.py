@@ -220,10 +220,12 @@ def test_command_under_two_processes_writes_from_rank_0_and_reduces_metrics(tmp_
     from training.data import DigitsSpikes, pad_collate
 
     summary = json.loads((run / "summary.json").read_text())
-    state = torch.load(run / "checkpoint.pth.tar", weights_only=False)
-    model = build_model(RunConfig(**state["args"]))
+    from training import checkpoint as ckpt
+
+    state = ckpt.load(str(run / "checkpoint.pth.tar"))
+    model = build_model(RunConfig(**state["flags"]))
     model.load_state_dict(state["model"])
-    test_set = DigitsSpikes(False, seed=state["args"]["seed"])
+    test_set = DigitsSpikes(False, seed=state["flags"]["seed"])
     x, labels = pad_collate([test_set[i] for i in range(len(test_set))])
     correct, _ = topk_correct(predict(model, x), labels)
     assert state["history"]["val_acc"][-1] == pytest.approx(100.0 * correct / len(test_set))

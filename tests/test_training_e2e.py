@@ -109,7 +109,9 @@ def test_paper_command_one_epoch(name, tiny, tmp_path, capsys):
     assert (save / "trial_1_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import torch
 
-    state = torch.load(save / "checkpoint.pth.tar", weights_only=False)
+    from training import checkpoint as ckpt
+
+    state = ckpt.load(str(save / "checkpoint.pth.tar"))
     assert state["epoch"] == 1 and state["arch"] == argv[argv.index("--arch") + 1]
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     # the best-model file exists exactly when the test accuracy beat 0

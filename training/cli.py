@@ -51,4 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TrainingError as exc:  # its message says what went wrong and what to do
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return exc.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began: the checkpoint on disk is whole
+        sys.stderr.write(f"{PROG}: interrupted: stopped at once; the last checkpoint in {config.save_path}, "
+                         "if any, is intact (continue with --resume)\n")
+        return 130
     return 0

@@ -12,6 +12,7 @@ once built: a derived one (a distributed process's share of the batch) is a new 
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -22,6 +23,7 @@ from stllr_kernels.backends import BACKEND_MODULES
 from stllr_kernels.backends import unavailable_reason as backend_unavailable_reason
 from stllr_kernels.config import check_factors
 
+from . import run_dir, run_flags
 from .data import DATASETS, unavailable_reason
 from .datasets.catalog import DEFAULT_ENCODING, ENCODINGS
 from .engine import LOSSES, STEP_MODES, TRAINING_MODES
@@ -39,7 +41,8 @@ ORIGINAL_FLAGS = (
                          help="Directory to save the checkpoint and logs of the experiment")),
     ("--data-path", dict(type=str, default=None, help="Path for the datasets folder.")),
     ("--trials", dict(type=int, default=1, help="Number of trials (repetitions with different initializations)")),
-    ("--epochs", dict(type=int, default=100, help="Number of epochs to train")),
+    ("--epochs", dict(type=int, default=100, help="Number of epochs to train (the total: with --resume, "
+                                                    "the run continues up to this epoch)")),
     ("--optimizer", dict(type=str, choices=list(OPTIMIZERS), default="Adam", help="Choice of the optimizer")),
     ("--loss", dict(type=str, choices=list(LOSSES), default="CE", help="Choice of the loss function")),
     ("--lr", dict(type=float, default=1e-3, help="Initial learning rate")),
@@ -55,7 +58,9 @@ ORIGINAL_FLAGS = (
     ("--feedback-mode", dict(type=str, default="BP", choices=list(FEEDBACK_MODES),
                              help="Feedback mode to produce the learning signal.")),
     ("--delay-ls", dict(type=int, default=5,
-                        help="Number of final time steps that get a learning signal (T - T_l).")),
+                        help="Number of final time steps that get a learning signal (T - T_l); a sample "
+                             "shorter than this gets it on every step, as in the original. Must be >= 1 "
+                             "with S-TLLR (0 would learn nothing); ignored by --training-mode bptt.")),
     ("--scheduler", dict(type=int, default=0, help="Cosine learning-rate decay over this many epochs (0: none).")),
     ("--print-freq", dict(type=int, default=200, help="Frequency (in batches) of printing results.")),
     ("--factors-stdp", dict(nargs="+", type=float, default=[0.2, 0.75, -1, 1],
@@ -70,7 +75,11 @@ NEW_FLAGS = (
                          help="online: one time step per call (memory flat in T); sequence: the whole "
                               "sequence per call (time-fused, faster on GPUs). Same gradients.")),
     ("--resume", dict(type=str, default=None, metavar="PATH",
-                      help="Continue a run exactly from its checkpoint (save-path/checkpoint.pth.tar).")),
+                      help="Continue a run exactly from its checkpoint (save-path/checkpoint.pth.tar), "
+                           "with the same flags; --epochs and --trials are totals and may grow.")),
+    ("--override", dict(action="append", default=None, metavar="NAME",
+                        help="With --resume: accept a changed value of flag NAME (e.g. --override lr); "
+                             "recorded in the checkpoint. Repeat for several flags.")),
     ("--workers", dict(type=int, default=None, help="DataLoader workers (default: 0 for Digits, else 4).")),
     ("--device", dict(type=str, default=None, help="torch device, e.g. cuda:1 (default: cuda if available "
                                                     "and not --cpu, else cpu).")),
@@ -79,6 +88,9 @@ NEW_FLAGS = (
                            "(the paper's inputs); counts: plain event counts at the network's resolution.")),
     ("--download", dict(action="store_true", default=False,
                         help="Fetch a missing dataset's archives (tonic's URLs and checksums) into --data-path.")),
+    ("--dist-timeout", dict(type=float, default=10.0, metavar="MINUTES",
+                            help="Distributed runs: a collective that waits longer than this (a hung "
+                                 "process) fails the job.")),
 )
 FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
 _TABLE = dict(FLAGS)
@@ -125,14 +137,17 @@ class RunConfig:
     backend: str = _default("--backend")
     step_mode: str = _default("--step-mode")
     resume: Optional[str] = _default("--resume")
+    override: Optional[tuple] = _default("--override")
     workers: Optional[int] = _default("--workers")
     device: Optional[str] = _default("--device")
     frames: str = _default("--frames")
     download: bool = _default("--download")
+    dist_timeout: float = _default("--dist-timeout")
 
     def __post_init__(self):
-        if isinstance(self.factors_stdp, list):  # from argparse or a caller: stored immutable
-            object.__setattr__(self, "factors_stdp", tuple(self.factors_stdp))
+        for name in ("factors_stdp", "override"):  # lists from argparse or a caller: stored immutable
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @classmethod
     def from_args(cls, namespace) -> "RunConfig":
@@ -150,6 +165,9 @@ class RunConfig:
         return self
 
 
+_FIELDS = tuple(field_name(flag) for flag, _ in FLAGS)
+
+
 def resolve_device(config: RunConfig) -> torch.device:
     """--device, else cuda when there is one and --cpu is not given, else cpu."""
     if config.device:
@@ -163,9 +181,10 @@ def _type_problem(flag: str, value) -> Optional[str]:
     if value is None and kwargs.get("default") is None:
         return None
     expected = bool if kwargs.get("action") == "store_true" else kwargs.get("type", str)
-    if kwargs.get("nargs") == "+" and not isinstance(value, tuple):
+    many = kwargs.get("nargs") == "+" or kwargs.get("action") == "append"  # a tuple of values
+    if many and not isinstance(value, tuple):
         return f"{flag}: expected a sequence of {expected.__name__}, got {value!r}"
-    for v in value if kwargs.get("nargs") == "+" else (value,):
+    for v in value if many else (value,):
         # bool is an int in Python but not a flag's number; an int is a fine float
         accepted = (int, float) if expected is float else expected
         if not isinstance(v, accepted) or (expected is not bool and isinstance(v, bool)):
@@ -193,8 +212,26 @@ def _first_problem(c: RunConfig) -> Optional[str]:
             return f"{flag} must be >= {low}, got {value}"
     if c.workers is not None and c.workers < 0:
         return f"--workers must be >= 0, got {c.workers}"
-    if not c.lr > 0:
-        return f"--lr must be > 0, got {c.lr}"
+    if not 0 < c.lr < math.inf:
+        return f"--lr must be > 0 and finite, got {c.lr}"
+    if not 0 <= c.weight_decay < math.inf:
+        return f"--weight-decay must be >= 0 and finite, got {c.weight_decay}"
+    if not 0 < c.dist_timeout < math.inf:
+        return f"--dist-timeout must be > 0 and finite (minutes), got {c.dist_timeout}"
+    if not 0 <= c.seed < 2 ** 63:
+        return f"--seed must be in [0, 2**63), got {c.seed}"
+    if c.delay_ls == 0 and c.training_mode != "bptt":
+        return ("--delay-ls 0 gives no time step a learning signal: S-TLLR would learn nothing "
+                "(use >= 1; the original's default is 5)")
+    if c.override and not c.resume:
+        return "--override only applies with --resume"
+    try:
+        run_flags.check_override_names(c.override, set(_FIELDS))
+    except FlagError as exc:
+        return str(exc)
+    save_problem = run_dir.problem(c.save_path)
+    if save_problem:
+        return save_problem
     arch, spec = ARCHS[c.arch], DATASETS[c.dataset]
     fits = DATASETS[arch.dataset]
     if (fits.frame_shape, fits.num_classes) != (spec.frame_shape, spec.num_classes):
@@ -221,6 +258,8 @@ def _first_problem(c: RunConfig) -> Optional[str]:
         device = torch.device(c.device) if c.device else None
     except RuntimeError as exc:
         return f"--device: {exc}"
+    if device is not None and device.type not in ("cpu", "cuda"):
+        return f"--device {c.device}: expected cpu or cuda[:N]"
     if device is not None and device.type == "cuda" and not torch.cuda.is_available():
         return f"--device {c.device}: CUDA is not available on this machine"
     if device is not None and device.type == "cuda" and c.cpu:

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from .records import CURVES, plot_curves
+from .run_dir import previous_run_files
 
 # flags shared by both runs; the rest is what makes each run S-TLLR or BPTT
 COMMON = ["--dataset", "Digits", "--batch-size", "32", "--val-batch-size", "256", "--lr", "0.01",
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     for name, flags in RUNS.items():
         out = os.path.join(args.save_path, name.lower().replace("-", ""))
+        for old in previous_run_files(out):  # the demo's own previous results: a new run refuses to mix
+            os.remove(os.path.join(out, old))
         cmd = [sys.executable, "-m", "training", *COMMON, *flags, "--epochs", str(args.epochs),
                "--scheduler", str(args.epochs), "--save-path", out, *args.extra]
         print("$", "python", " ".join(cmd[1:]), flush=True)

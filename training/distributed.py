@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import os
 from dataclasses import replace
+from datetime import timedelta
 from typing import Callable, ContextManager, Iterator, Optional
 
 import torch
@@ -31,6 +32,7 @@ from torch.utils.data import DistributedSampler, Sampler
 from .config import RunConfig
 from .data import build_dataset
 from .errors import DistributedError
+from .run_dir import refuse_previous_run
 from .runner import run as run_trials
 
 
@@ -80,8 +82,22 @@ def init(config: RunConfig) -> torch.device:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=collective_timeout(config))
     return device
+
+
+DEFAULT_TIMEOUT_MINUTES = 10.0
+
+
+def collective_timeout(config) -> timedelta:
+    """--dist-timeout: how long a collective may wait for a hung process before the job fails
+    (instead of the backends' 30-minute default)."""
+    return timedelta(minutes=getattr(config, "dist_timeout", None) or DEFAULT_TIMEOUT_MINUTES)
+
+
+def is_timeout(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def per_process_config(config: RunConfig, processes: int, device: torch.device) -> RunConfig:
@@ -115,7 +131,7 @@ def main_first(fn: Callable[[], object]):
         return result
     dist.broadcast_object_list(failed, src=0)
     if failed[0]:
-        raise DistributedError(f"rank {rank()}: stopped, as rank 0 failed to prepare the data (its message says why)")
+        raise DistributedError(f"rank {rank()}: stopped, as rank 0 failed to prepare the run (its message says why)")
     return fn()
 
 
@@ -219,12 +235,20 @@ def run(config: RunConfig) -> dict:
         if is_main():
             print(f"distributed: {n} processes ({dist.get_backend()}), global batch {config.batch_size} "
                   f"= {local.batch_size} per process", flush=True)
-        # rank 0 computes the frame cache; the others then only read it
-        main_first(lambda: (build_dataset(local, True), build_dataset(local, False)))
+        # rank 0 checks --save-path (a refusal there must stop every rank, not leave them waiting in a
+        # collective) and computes the frame cache; the others then only read it
+        main_first(lambda: (is_main() and not local.resume and refuse_previous_run(local.save_path),
+                            build_dataset(local, True), build_dataset(local, False)))
         return run_trials(local, is_main=is_main(), wrap_model=lambda model: wrap_model(model, device),
                           train_sampler_fn=lambda dataset: train_sampler(dataset, local.seed),
                           test_sampler_fn=ShardSampler,
                           reduce_result=lambda result: reduce_result(result, device))
+    except RuntimeError as exc:
+        if not is_timeout(exc):
+            raise
+        raise DistributedError(
+            f"rank {rank()}: a collective waited longer than --dist-timeout {collective_timeout(config)} "
+            "(another process hung or died); the last checkpoint is kept") from None
     finally:
         if active():
             dist.destroy_process_group()

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from .guard import FiniteGuard
+from .interrupts import NEVER, StopFlag
+
 TRAINING_MODES = ("stllr_online", "stllr", "bptt")
 STEP_MODES = ("online", "sequence")
 LOSSES = ("MSE", "BCE", "CE")
@@ -49,10 +52,13 @@ class Trainer:
     step_mode: str = "online"
     delay_ls: int = 5
     sync_context: Callable[[bool], ContextManager] = field(default=no_sync_context)
+    meter: Optional["SavedTensorMeter"] = None
 
     def backward(self, loss: Tensor, last: bool) -> None:
         with self.sync_context(last):
             loss.backward()
+        if self.meter is not None:
+            self.meter.released()
 
     def train_batch(self, x: Tensor, labels: Tensor) -> Tensor:
         """Train on one batch x [T, B, ...]; returns the prediction sum_t out_t [B, C] (detached)."""
@@ -113,26 +119,27 @@ class SavedTensorMeter:
     """Peak bytes held for backward by autograd (every tensor a Function saved), over a block.
 
     Measures what S-TLLR saves (one step at a time online) against BPTT (every step), on any
-    device; a tensor saved twice counts twice, so it is an upper bound.
+    device; a tensor saved twice counts twice, so it is an upper bound. A backward frees its graph's
+    saved tensors, so `released()` (called after each backward) sets the count back to zero: no
+    finalizer per tensor, where a Ctrl-C could land and be lost.
     """
 
     def __init__(self):
         self.current = self.peak = 0
 
-    class _Held:
-        __slots__ = ("tensor", "nbytes", "meter")
+    def _pack(self, tensor: Tensor) -> Tensor:
+        self.current += tensor.numel() * tensor.element_size()
+        self.peak = max(self.peak, self.current)
+        return tensor
 
-        def __init__(self, tensor, meter):
-            self.tensor, self.meter = tensor, meter
-            self.nbytes = tensor.numel() * tensor.element_size()
-            meter.current += self.nbytes
-            meter.peak = max(meter.peak, meter.current)
+    def released(self) -> None:
+        self.current = 0
 
-        def __del__(self):
-            self.meter.current -= self.nbytes
-
-    def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(lambda t: self._Held(t, self), lambda h: h.tensor)
+    @contextlib.contextmanager
+    def measure(self):
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield self
+        self.current = 0
 
 
 def topk_correct(pred: Tensor, labels: Tensor, ks=(1, 5)) -> list:
@@ -154,8 +161,13 @@ class EpochResult:
 
 def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=None,
               step_mode: str = "online", desc: str = "", print_freq: int = 0, log=None,
-              show_progress: bool = True) -> EpochResult:
-    """Train (trainer given) or evaluate (model given) over one pass of `loader`."""
+              show_progress: bool = True, stop: StopFlag = NEVER, guard: Optional[FiniteGuard] = None,
+              ) -> EpochResult:
+    """Train (trainer given) or evaluate (model given) over one pass of `loader`.
+
+    Between batches, a set `stop` flag raises StopRequested; `guard` watches the outputs and
+    weights for non-finite values (read once per print interval and at the end: NonFinite).
+    """
     model = trainer.model if trainer is not None else model
     model.train(trainer is not None)
     start = time.perf_counter()
@@ -163,22 +175,40 @@ def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=
     loss_sum = 0.0
     meter = SavedTensorMeter()
     bar = tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True)
-    for i, (x, labels) in enumerate(bar):
-        x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if trainer is not None:
-            with meter.hooks():
-                pred = trainer.train_batch(x, labels)
-        else:
-            pred = predict(model, x, step_mode)
-        with torch.no_grad():
-            loss_sum += float(loss_fn(pred, labels)) * len(labels)
-        c1, c5 = topk_correct(pred, labels)
-        n, correct1, correct5 = n + len(labels), correct1 + c1, correct5 + c5
-        bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{100.0 * correct1 / n:.2f}")
-        if print_freq and log is not None and i % print_freq == print_freq - 1:
-            log(f"{desc} [{i + 1}/{len(loader)}] loss {loss_sum / n:.4e} acc@1 {100.0 * correct1 / n:.2f} "
-                f"acc@5 {100.0 * correct5 / n:.2f}")
-    bar.close()
+    try:
+        for i, (x, labels) in enumerate(bar):
+            stop.check()
+            x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if trainer is not None:
+                trainer.meter = meter
+                try:
+                    with meter.measure():
+                        pred = trainer.train_batch(x, labels)
+                except Exception:
+                    if guard is not None:
+                        guard.explain_failure(i + 1)
+                    raise
+            else:
+                pred = predict(model, x, step_mode)
+            with torch.no_grad():
+                batch_loss = loss_fn(pred, labels)
+            if guard is not None:
+                guard.observe(i + 1, pred, batch_loss)
+            loss_sum += float(batch_loss) * len(labels)
+            c1, c5 = topk_correct(pred, labels)
+            n, correct1, correct5 = n + len(labels), correct1 + c1, correct5 + c5
+            bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{100.0 * correct1 / n:.2f}")
+            if print_freq and i % print_freq == print_freq - 1:
+                if guard is not None:
+                    guard.check(i + 1)
+                if log is not None:
+                    log(f"{desc} [{i + 1}/{len(loader)}] loss {loss_sum / n:.4e} acc@1 {100.0 * correct1 / n:.2f} "
+                        f"acc@5 {100.0 * correct5 / n:.2f}")
+    finally:  # also on an exception: the message that follows starts on a clean line
+        bar.close()
+    if guard is not None:
+        guard.check(n and len(loader))
+    stop.check()
     samples, n = n, max(n, 1)
     return EpochResult(100.0 * correct1 / n, 100.0 * correct5 / n, loss_sum / n,
                        time.perf_counter() - start, samples, meter.peak / 2 ** 20)
