@@ -22,6 +22,7 @@ import torch
 U_ULPS = 8                  # the rounding bound on u, in float32 ulps of the operands' magnitude
 MAX_FLIP_FRACTION = 1e-3    # explained flips allowed, as a fraction of the neurons (at least 1)
 FLOAT32_ULP = 2.0 ** -23
+CHUNK = 2 ** 27             # elements compared at a time
 
 
 def tol(dtype: torch.dtype, reduction: int = 1) -> dict:
@@ -46,14 +47,19 @@ def value_check(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, reduc
     if got.shape != want.shape:
         raise AssertionError(f"shape {tuple(got.shape)} != reference {tuple(want.shape)}")
     t = tol(dtype, reduction)
-    g, w = got.detach().float(), want.detach().float()
-    allowed = t["atol"] + t["rtol"] * w.abs()
-    ratio = (g - w).abs() / allowed
-    ratio = torch.where(torch.isnan(g) != torch.isnan(w), torch.full_like(ratio, float("inf")), ratio)
-    ratio = torch.nan_to_num(ratio, nan=0.0)  # NaN in both: the same answer
     if keep is not None:
-        ratio = ratio[keep.expand_as(ratio)]
-    worst = float(ratio.max()) if ratio.numel() else 0.0
+        keep = keep.expand_as(got).reshape(-1)
+    got, want = got.detach().reshape(-1), want.detach().reshape(-1)
+    worst = 0.0
+    for i in range(0, got.numel(), CHUNK):  # chunks: the temporaries of a 2^31-element check fit
+        g, w = got[i:i + CHUNK].float(), want[i:i + CHUNK].float()
+        ratio = (g - w).abs() / (t["atol"] + t["rtol"] * w.abs())
+        ratio = torch.where(torch.isnan(g) != torch.isnan(w), torch.full_like(ratio, float("inf")), ratio)
+        ratio = torch.nan_to_num(ratio, nan=0.0)  # NaN in both: the same answer
+        if keep is not None:
+            ratio = ratio[keep[i:i + CHUNK]]
+        if ratio.numel():
+            worst = max(worst, float(ratio.max()))
     return worst <= 1.0, worst
 
 

@@ -21,6 +21,7 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=60.0, help="seconds of the stage's own clock")
     p.add_argument("--tiny", action="store_true", help="CPU, Triton interpreter, tiny shapes")
     p.add_argument("--provider", default=None, help="correctness stages: triton or ext")
+    p.add_argument("--target", default=None, help="warm-up stages: the timing stage to warm up")
     p.add_argument("--require-ext", action="store_true",
                    help="the driver built the extension: its backend missing is an ERROR, not a skip")
     return p.parse_args(argv)

@@ -54,13 +54,23 @@ def cases(ctx):
     return out
 
 
+def warm(ctx, provs, todo) -> None:
+    """Run everything once: compiles and autotuning, before the budget starts."""
+    for check, label, _, _, fn in todo:
+        for name, ops in provs.items():
+            with ctx.guard("warm-up", f"{check} {label}", name):
+                fn(ops)
+
+
+def warm_only(ctx) -> None:
+    """The warm-up stage's part: the Triton compiles, while the extension builds."""
+    warm(ctx, ctx.providers(["triton"]), cases(ctx))
+
+
 def run(ctx) -> None:
     provs = {"torch (reference)": R, **ctx.providers(["triton", ctx.ext_name()])}
     todo = cases(ctx)
-    for _, _, _, _, fn in todo:  # warm-up: compiles and autotuning, before the budget starts
-        for name, ops in provs.items():
-            with ctx.guard("warm-up", "", name):
-                fn(ops)
+    warm(ctx, provs, todo)
     copy = copy_gbps(ctx.clock, ctx.S["copy_mib"])
     ctx.clock.start()
     ctx.add("device copy", f"{ctx.S['copy_mib']} MiB fp32", "torch copy_", achieved=f"{copy:.4g} GB/s",

@@ -34,15 +34,33 @@ def methods(spec) -> list[tuple[str, Optional[str]]]:
     return [(m, w) for m, w in out if w or m in networks.methods(spec)]
 
 
+def specs(S):
+    """(model spec, batch) of the SHD net and the Gesture VGG at this run's sizes."""
+    shd, vgg = S["e2e_shd"], S["e2e_vgg"]
+    return [(networks.SHD.with_(T=shd["T"], delay_ls=shd["delay_ls"]), shd["batch"]),
+            (networks.GESTURE.with_(T=vgg["T"], delay_ls=vgg["delay_ls"]), vgg["batch"])]
+
+
+def warm_only(ctx) -> None:
+    """The warm-up stage's part: one batch of each S-TLLR method with the triton backend (its
+    compiles), while the extension builds. The interpreter run keeps the automatic backend: whole
+    training batches in Triton's interpreter would take minutes."""
+    import stllr_kernels
+    stllr_kernels.set_backend(None if ctx.tiny else "triton")
+    for spec, batch in specs(ctx.S)[:ctx.S["cases"]]:
+        x, y = networks.make_batch(spec, batch, ctx.device)
+        for method in ("stllr_online", "stllr_fused"):
+            with ctx.guard("warm-up", spec.name, method):
+                networks.make_trainer(spec, method, ctx.device).train_batch(x, y)
+
+
 def run(ctx) -> None:
     dev, S = ctx.device, ctx.S
-    specs = [(networks.SHD.with_(T=S["e2e_shd"]["T"], delay_ls=S["e2e_shd"]["delay_ls"]), S["e2e_shd"]["batch"]),
-             (networks.GESTURE.with_(T=S["e2e_vgg"]["T"], delay_ls=S["e2e_vgg"]["delay_ls"]), S["e2e_vgg"]["batch"])]
     ctx.clock.start()  # the warm-up batch of each method is inside; the rows say which ran
-    for spec, batch in specs:
+    for spec, batch in specs(S)[:S["cases"]]:
         case = f"{spec.name} B={batch} T={spec.T} loss steps {spec.delay_ls}"
         x, y = networks.make_batch(spec, batch, dev)
-        results = {}
+        results, peak_of = {}, []
         for method, why in methods(spec):
             label = LABELS.get(method, method)
             if why:
@@ -55,8 +73,13 @@ def run(ctx) -> None:
                 trainer = networks.make_trainer(spec, method, dev)
                 for _ in range(S["warm_batches"]):  # compiles, autotuning, cuDNN plans
                     trainer.train_batch(x, y)
-                seconds = ctx.clock.events_s(lambda: trainer.train_batch(x, y), reps=S["reps"])
-                peak = common.peak_tensor_bytes(lambda: trainer.train_batch(x, y), dev)
+                if ctx.tiny:  # one batch gives both: its time means nothing here anyway
+                    seconds = ctx.clock.events_s(lambda: peak_of.append(
+                        common.peak_tensor_bytes(lambda: trainer.train_batch(x, y), dev)), reps=1)
+                    peak = peak_of.pop()
+                else:
+                    seconds = ctx.clock.events_s(lambda: trainer.train_batch(x, y), reps=S["reps"])
+                    peak = common.peak_tensor_bytes(lambda: trainer.train_batch(x, y), dev)
                 results[method] = (seconds, peak)
                 ctx.add("train batch", case, label, us=seconds * 1e6,
                         achieved=f"{seconds * 1e3:.4g} ms, peak {common.fmt_bytes(peak)}",

@@ -42,8 +42,8 @@ def linear_cases(ctx):
             (f"large {big[0]}x{big[2]}->{big[1]}", big[0], big[1], big[2], True)]
 
 
-def run(ctx) -> None:
-    provs = ctx.providers(["triton", ctx.ext_name()])
+def prepare(ctx) -> list:
+    """(check, label, matmul precision, FLOPs or None, args, limit fn, headline) per timed case."""
     dev = ctx.device
     work = []
     for label, rows, n, k, headline in linear_cases(ctx)[:ctx.S["cases"]]:
@@ -62,12 +62,27 @@ def run(ctx) -> None:
             torch.nn.grad.conv2d_input(x.shape, W, L, 1, 1)))
         work.append(("conv_backward", f"VGG {B}x{cin}x{hw}x{hw}->{cout} 3x3 fp32", "highest", None, args,
                      floor, False))
-    for check, label, level, _, args, _, _ in work:  # warm-up: compiles and autotuning
-        op = "linear_backward" if check == "linear_backward" else "conv_backward"
+    return work
+
+
+def warm(ctx, provs, work) -> None:
+    """Every case once per provider: compiles and autotuning, before the budget starts."""
+    for check, label, level, _, args, _, _ in work:
         with matmul_precision(level):
             for name, ops in provs.items():
                 with ctx.guard("warm-up", label, name):
-                    getattr(ops, op)(*args)
+                    getattr(ops, check)(*args)
+
+
+def warm_only(ctx) -> None:
+    """The warm-up stage's part: the Triton compiles, while the extension builds."""
+    warm(ctx, ctx.providers(["triton"]), prepare(ctx))
+
+
+def run(ctx) -> None:
+    provs = ctx.providers(["triton", ctx.ext_name()])
+    work = prepare(ctx)
+    warm(ctx, provs, work)
     ctx.clock.start()
     for check, label, level, flops, args, limit_fn, headline in work:
         if ctx.skip_if_over_budget(check, label):
