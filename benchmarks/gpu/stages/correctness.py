@@ -26,6 +26,7 @@ NAMES = {F32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 def run(ctx) -> None:
     name = ctx.args.provider if ctx.args.provider != "ext" else ctx.ext_name()
+    oracle_precision(ctx)
     ops = ctx.providers([name]).get(name)
     if ops is None:
         return
@@ -145,3 +146,24 @@ def cases(ctx):
     for dtype in HALF:
         out.append(("conv_backward", f"{cbase} {NAMES[dtype]}", dtype, conv(dtype=dtype)))
     return out
+
+
+def oracle_precision(ctx) -> None:
+    """Show that the float32 oracles are float32: a matmul and a convolution against float64. TF32
+    (10-bit mantissa) would leave relative errors near 1e-3; float32 stays near 1e-6."""
+    dev = ctx.device
+    a, b = torch.randn(256, 1024, device=dev), torch.randn(1024, 256, device=dev)
+    x, w = torch.randn(4, 64, 16, 16, device=dev), torch.randn(64, 64, 3, 3, device=dev)
+
+    def rel(got, want):
+        return float((got.double() - want).norm() / want.norm())
+
+    mm = rel(a @ b, a.double() @ b.double())
+    conv = rel(torch.nn.functional.conv2d(x, w, padding=1),
+               torch.nn.functional.conv2d(x.double(), w.double(), padding=1))
+    flags = (f"allow_tf32 matmul={torch.backends.cuda.matmul.allow_tf32} "
+             f"cudnn={torch.backends.cudnn.allow_tf32}, matmul precision "
+             f"{torch.get_float32_matmul_precision()}")
+    ok = mm < 1e-5 and conv < 1e-5
+    ctx.add("oracle precision", "fp32 matmul and conv2d vs float64", "torch", "ok" if ok else "FAIL",
+            detail=f"relative error matmul {mm:.1e}, conv {conv:.1e} (TF32 would give ~1e-3); {flags}")

@@ -46,6 +46,9 @@ def run(ctx) -> None:
         spans = [(e.time_range.start, e.time_range.end) for e in kernels]
         busy = busy_us(spans)
         span = (max(b for _, b in spans) - min(a for a, _ in spans)) if spans else 0.0
+        if not kernels:
+            ctx.add("profile", case, "auto", "ERROR", detail="the profile holds no CUDA kernel events")
+            return
         top = Counter(e.name for e in kernels).most_common(6)
         ctx.add("profile", case, "auto", us=span,
                 achieved=f"{len(kernels)} kernels ({len(kernels) / spec.T:.1f} per time step); GPU busy "
