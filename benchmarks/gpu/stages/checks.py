@@ -78,13 +78,16 @@ def linear_backward(ops, args, dtype, relative=False) -> Verdict:
                  types)
 
 
-def conv_backward(ops, args, dtype) -> Verdict:
+def conv_backward(ops, args, dtype, relative=False) -> Verdict:
     got, want = ops.conv_backward(*args), R.conv_backward(*args)
     L, W = args[0], args[6]
     per_weight = 2 * L.shape[0] * L.shape[2] * L.shape[3]
+    types = _dtypes(got, want)
+    if relative:
+        got, want = _relative(got, want)
     return _join(values_verdict([("dx", got[0], want[0])], dtype, W.shape[0] * 9),
                  values_verdict([("dW", got[1], want[1]), ("db", got[2], want[2])], dtype, per_weight),
-                 _dtypes(got, want))
+                 types)
 
 
 def _relative(got, want):

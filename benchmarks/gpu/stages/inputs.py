@@ -46,11 +46,11 @@ def linear_inputs(device, lead, n, k, dtype=F32, variant="psi", scale=1.0):
     return (L, psi, causal, prev, x, trpre, W, f[2], f[3], True, True)
 
 
-def conv_inputs(device, B, cin, cout, hw, dtype=F32, stride=1, groups=1, channels_last=False):
-    """Arguments of conv_backward: a 3x3 convolution, padding 1."""
+def conv_inputs(device, B, cin, cout, hw, dtype=F32, stride=1, groups=1, channels_last=False, scale=1.0):
+    """Arguments of conv_backward: a 3x3 convolution, padding 1; `scale` multiplies the signal L."""
     oh = (hw + 2 - 3) // stride + 1
     post = (B, cout, oh, oh)
-    L = torch.randn(post, device=device).to(dtype)
+    L = (torch.randn(post, device=device) * scale).to(dtype)
     psi, prev = torch.rand(post, device=device), torch.rand(post, device=device)
     x, trpre = spikes((B, cin, hw, hw), device, dtype), torch.rand(B, cin, hw, hw, device=device) * 2
     W = torch.randn(cout, cin // groups, 3, 3, device=device).to(dtype)
