@@ -42,7 +42,22 @@ def parse_args(argv=None):
                    help="seconds for the whole run, build included")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="multiply every stage's time limits (a slower machine)")
+    p.add_argument("--stage-limit", action="append", default=[], metavar="NAME=SECONDS",
+                   help="one stage's time limit (its process and its own budget), e.g. conformance=300 "
+                        "for a fuller conformance run in a second call")
     return p.parse_args(argv)
+
+
+def stage_limits(items) -> dict:
+    """{stage name: seconds} from NAME=SECONDS items; ValueError naming the bad item."""
+    limits = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in STAGE_NAMES or not value.replace(".", "", 1).isdigit():
+            raise ValueError(f"--stage-limit: expected NAME=SECONDS with NAME one of {list(STAGE_NAMES)}, "
+                             f"got {item!r}")
+        limits[name] = float(value)
+    return limits
 
 
 def main(argv=None) -> int:
@@ -57,8 +72,13 @@ def main(argv=None) -> int:
         print("gpu_check: no CUDA device here. Run it on a GPU machine, or add --cpu-interpret for "
               "the tiny logic check in Triton's interpreter.", file=sys.stderr)
         return 2
-    stages = [dataclasses.replace(s, timeout_s=s.timeout_s * args.time_scale,
-                                  budget_s=s.budget_s * args.time_scale)
+    try:
+        limits = stage_limits(args.stage_limit)
+    except ValueError as exc:
+        print(f"gpu_check: {exc}", file=sys.stderr)
+        return 2
+    stages = [dataclasses.replace(s, timeout_s=limits.get(s.name, s.timeout_s * args.time_scale),
+                                  budget_s=limits.get(s.name, s.budget_s * args.time_scale))
               for s in STAGES if not chosen or s.name in chosen]
     build = None if (args.cpu_interpret or args.skip_build) else driver.build_command()
     command = "python3 -m benchmarks.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])

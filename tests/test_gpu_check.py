@@ -3,7 +3,6 @@ what finished when a stage times out or crashes, a failed build stops it, and (s
 end to end on tiny shapes in Triton's interpreter."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -101,6 +100,31 @@ def test_small_fp16_signal_fails_a_kernel_with_fp16_eligibility_operands():
     assert checks.linear_backward(R, args, torch.float16, relative=True).ok
     unsafe = types.SimpleNamespace(linear_backward=fp16_operands)
     assert not checks.linear_backward(unsafe, args, torch.float16, relative=True).ok
+
+
+def test_conformance_outcomes_are_read_from_plain_and_xdist_output():
+    from benchmarks.gpu.stages.conformance import parse_outcomes
+    plain = textwrap.dedent("""\
+        tests/test_conformance.py::test_lif_step[triton-fp32] PASSED                 [ 33%]
+        tests/test_conformance.py::test_lif_step[cuda-fp16] FAILED                   [ 66%]
+        tests/test_conformance.py::test_conv[cuda] SKIPPED (no extension)            [100%]
+        =========================== short test summary info ============================
+        FAILED tests/test_conformance.py::test_lif_step[cuda-fp16] - AssertionError
+        """)
+    assert parse_outcomes(plain) == (["PASSED", "FAILED", "SKIPPED"],
+                                     ["tests/test_conformance.py::test_lif_step[cuda-fp16]"])
+    xdist = textwrap.dedent("""\
+        [gw0] [ 50%] PASSED tests/test_conformance.py::test_a[triton]
+        [gw1] [100%] ERROR tests/test_conformance.py::test_b[cuda]
+        """)
+    assert parse_outcomes(xdist) == (["PASSED", "ERROR"], ["tests/test_conformance.py::test_b[cuda]"])
+
+
+def test_bad_arguments_exit_2(capsys):
+    from benchmarks import gpu_check
+    assert gpu_check.main(["--cpu-interpret", "--stages", "nope"]) == 2
+    assert gpu_check.main(["--cpu-interpret", "--stage-limit", "conformance=soon"]) == 2
+    assert "--stage-limit" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- the driver

@@ -36,12 +36,9 @@ def run(ctx) -> None:
         out, _ = proc.communicate()
         partial = True
     print(out[-30000:])
-    outcomes = (re.findall(r"::\S+ (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", out)
-                + re.findall(r"\] (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) \S+::", out))
+    outcomes, failed = parse_outcomes(out)
     counts = {word: outcomes.count(word) for word in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
-    failed = (re.findall(r"(\S+::\S+) (?:FAILED|ERROR)\b", out)
-              + re.findall(r"\] (?:FAILED|ERROR) (\S+::\S+)", out))
-    for test in sorted(set(failed))[:20]:
+    for test in failed[:20]:
         ctx.add("conformance test", test, "-", "FAIL")
     detail = ", ".join(f"{k.lower()} {v}" for k, v in counts.items()) + f"; exit code {proc.returncode}"
     if partial:
@@ -54,9 +51,16 @@ def run(ctx) -> None:
     ctx.add("conformance suite", f"-k '{expr}'", "pytest", "ok" if ok else "FAIL", detail=detail)
 
 
+def parse_outcomes(out: str) -> tuple[list[str], list[str]]:
+    """The outcome word of every test `pytest -v` reported (plain or pytest-xdist lines, not the
+    short summary at the end), and the failed or erred test ids."""
+    outcomes = (re.findall(r"^\S+::\S+ (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", out, re.M)
+                + re.findall(r"^\[gw\d+\] \[ *\d+%\] (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) \S+::", out, re.M))
+    failed = (re.findall(r"^(\S+::\S+) (?:FAILED|ERROR)\b", out, re.M)
+              + re.findall(r"^\[gw\d+\] \[ *\d+%\] (?:FAILED|ERROR) (\S+::\S+)", out, re.M))
+    return outcomes, sorted(set(failed))
+
+
 def _has_xdist() -> bool:
-    try:
-        import xdist  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+    return importlib.util.find_spec("xdist") is not None

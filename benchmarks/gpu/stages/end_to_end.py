@@ -84,7 +84,7 @@ def run(ctx) -> None:
                 ctx.add("train batch", case, label, us=seconds * 1e6,
                         achieved=f"{seconds * 1e3:.4g} ms, peak {common.fmt_bytes(peak)}",
                         note=f"backend {_backend(dev)}" if method.startswith("stllr") else "")
-                del trainer
+                trainer = None  # free its memory before the next method
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
         summarize(ctx, case, results)
