@@ -39,7 +39,7 @@ STAGES = (
     Stage("correct-triton", "correctness", 200, 150, needs_build=False, args=("--provider", "triton"),
           env=SINGLE_CONFIG),
     Stage("correct-ext", "correctness", 150, 120, args=("--provider", "ext"), env=SINGLE_CONFIG),
-    Stage("large", "large", 120, 90),
+    Stage("large", "large", 120, 90, env=SINGLE_CONFIG),
     Stage("sanitizer", "sanitizer", 150, 120, env=SINGLE_CONFIG),
     Stage("conformance", "conformance", 110, 100, env=SINGLE_CONFIG),
     Stage("bandwidth", "bandwidth", 75, 25, exclusive=True),
