@@ -5,10 +5,10 @@ The grid: lif_step and lif_sequence over every Psi x reset x post in float32, tw
 and float16 currents, non-contiguous inputs and batch 1; pre_trace / trace_sequence in each dtype and
 non-contiguous; linear_backward for post = psi / spike / the readout, the time-fused [D, B] rows,
 non-contiguous and stride-0 (expanded) signals, bf16 and fp16, and fp16 with a learning signal of
-3e-7 (where fp16 eligibility operands would underflow); conv_backward with stride 2, groups,
-channels-last, batch 1, bf16, fp16 and fp16 with the small signal. Small-signal cases compare each
-output divided by its largest reference value. A backend may refuse fp16 with an error that says so
-(the row says "refused").
+3e-7 (where fp16 eligibility operands would underflow); conv_backward with post = spike, stride 2,
+groups, channels-last, batch 1, bf16, fp16 and fp16 with the small signal. Small-signal cases
+compare each output divided by its largest reference value. A backend may refuse fp16 with an error
+that says so (the row says "refused").
 """
 from __future__ import annotations
 
@@ -144,6 +144,7 @@ def cases(ctx):
 
     cbase = f"{B}x{cin}x{hw}x{hw}->{cout} 3x3"
     out.append(("conv_backward", f"{cbase} fp32", F32, conv()))
+    out.append(("conv_backward", f"{cbase} post=spike fp32", F32, conv(variant="spike")))
     out.append(("conv_backward", f"{cbase} stride 2 fp32", F32, conv(stride=2)))
     out.append(("conv_backward", f"{B}x6x{hw}x{hw}->4 groups 2 fp32", F32, conv(ci=6, co=4, groups=2)))
     out.append(("conv_backward", f"{cbase} channels-last fp32", F32, conv(channels_last=True)))

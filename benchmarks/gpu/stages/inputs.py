@@ -46,15 +46,18 @@ def linear_inputs(device, lead, n, k, dtype=F32, variant="psi", scale=1.0):
     return (L, psi, causal, prev, x, trpre, W, f[2], f[3], True, True)
 
 
-def conv_inputs(device, B, cin, cout, hw, dtype=F32, stride=1, groups=1, channels_last=False, scale=1.0):
-    """Arguments of conv_backward: a 3x3 convolution, padding 1; `scale` multiplies the signal L."""
+def conv_inputs(device, B, cin, cout, hw, dtype=F32, stride=1, groups=1, channels_last=False, scale=1.0,
+                variant="psi"):
+    """Arguments of conv_backward: a 3x3 convolution, padding 1; `scale` multiplies the signal L;
+    variant: psi (causal = psi) | spike (causal = s)."""
     oh = (hw + 2 - 3) // stride + 1
     post = (B, cout, oh, oh)
     L = (torch.randn(post, device=device) * scale).to(dtype)
     psi, prev = torch.rand(post, device=device), torch.rand(post, device=device)
     x, trpre = spikes((B, cin, hw, hw), device, dtype), torch.rand(B, cin, hw, hw, device=device) * 2
     W = torch.randn(cout, cin // groups, 3, 3, device=device).to(dtype)
+    causal = spikes(post, device) if variant == "spike" else psi
     if channels_last:
-        L, psi, prev, x, trpre = (t.contiguous(memory_format=torch.channels_last)
-                                  for t in (L, psi, prev, x, trpre))
-    return (L, psi, psi, prev, x, trpre, W, stride, 1, 1, groups, FACTORS[2], FACTORS[3], True, True)
+        L, psi, causal, prev, x, trpre = (t.contiguous(memory_format=torch.channels_last)
+                                          for t in (L, psi, causal, prev, x, trpre))
+    return (L, psi, causal, prev, x, trpre, W, stride, 1, 1, groups, FACTORS[2], FACTORS[3], True, True)
