@@ -174,14 +174,17 @@ def test_driver_keeps_rows_of_a_stage_that_times_out_or_crashes(tmp_path):
 
 
 def test_driver_stops_when_the_build_fails_and_keeps_its_log(tmp_path):
-    build = ([sys.executable, "-c", "print('nvcc: error: no such file'); raise SystemExit(1)"], {})
-    stages = [Stage("checks", "x", 30, 30, needs_build=True)]
+    build = ([sys.executable, "-c", "import time; print('nvcc: error: no such file', flush=True); "
+              "time.sleep(1); raise SystemExit(1)"], {})
+    stages = [Stage("needs-no-build", "x", 30, 30, needs_build=False),
+              Stage("checks", "x", 30, 30, needs_build=True)]
     run = driver.Run(str(tmp_path), tiny=False, total_s=60, stages=stages, build=build,
-                     stage_cmd=fake_stage_cmd({}), log=lambda *_: None)
+                     stage_cmd=fake_stage_cmd({"needs-no-build": "time.sleep(30)"}), log=lambda *_: None)
     assert run.run() == 3
     assert "nvcc: error" in (tmp_path / "build.log").read_text()
     md = (tmp_path / "gpu_check.md").read_text()
     assert "build the CUDA extension" in md and "| checks | not run" in md
+    assert "| needs-no-build | stopped: the build failed" in md
 
 
 def test_driver_skips_stages_the_total_budget_cannot_fit(tmp_path):

@@ -58,10 +58,10 @@ class Job:
 def _spawn(cmd, env_extra, log_path) -> subprocess.Popen:
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)}
-    log = open(log_path, "w")
-    # its own process group, so that a timeout ends the stage and every process it started
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        # its own process group, so that a timeout ends the stage and every process it started
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _kill(job: Job) -> None:
@@ -227,15 +227,17 @@ class Run:
         return 1 if any(R.is_bad(r) for r in rows) else 0
 
     def _build_failed(self, job: Job, running: list[Job]) -> int:
-        for other in running:
+        for other in running:  # stages that needed no extension: stopped, with what they wrote
             _kill(other)
-            self._finish(other, timed_out=False)
+            other.state.update(status="stopped: the build failed", seconds=f"{time.time() - other.started:.0f}")
+            self._append_log(other)
         self.driver_rows.append(R.make_row("build", "build the CUDA extension", verdict="ERROR",
                                            detail=f"{job.state['status']}; see build.log: "
                                            f"{_tail(job.log_path, 3)}"))
         rows = self.write_report()
         self.log("\n" + R.short_table(self.states, rows))
         self.log(f"[gpu_check] the CUDA extension did not build: nothing else runs. Log: {job.log_path}")
+        shutil.rmtree(self.work, ignore_errors=True)
         return 3
 
 
