@@ -41,3 +41,25 @@ cuda-check: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The GPU check on a GPU machine (see README, "Running the GPU check"): the machine's own python3,
+# nothing installed; builds the CUDA extension in place, then checks and times every kernel.
+# Files land in GPU_CHECK_OUT (gpu_check.md, gpu_check.csv, gpu_check.log, build.log).
+GPU_CHECK_OUT ?= gpu-check-out
+.PHONY: gpu-check gpu-check-cpu compile-check-triton36
+gpu-check:
+	PYTHONUNBUFFERED=1 $(PYTHON) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT)
+
+# the same stages, tiny, on the CPU in Triton's interpreter (what tests/test_gpu_check.py runs)
+gpu-check-cpu: venv
+	$(PY) -m benchmarks.gpu_check --cpu-interpret --out $(GPU_CHECK_OUT)
+
+# every Triton kernel compiled for sm_90 with triton 3.6.0, the GPU machine's version, without a GPU:
+# triton 3.6.0 goes into its own directory (pip --target), ahead of the venv's triton on PYTHONPATH
+TRITON36 ?= .venv-triton36
+$(TRITON36)/.installed:
+	$(PY) -m pip install -q --no-deps --target $(TRITON36) triton==3.6.0
+	touch $@
+
+compile-check-triton36: venv $(TRITON36)/.installed
+	PYTHONPATH=$(TRITON36) $(PY) benchmarks/compile_check.py --out benchmarks/results/compile_check_triton36.md

@@ -3,6 +3,7 @@
     python benchmarks/compile_check.py                 # sm_90 (H100/H200), every autotune config
     python benchmarks/compile_check.py --quick         # one config per kernel (used by the tests)
     python benchmarks/compile_check.py --arch 80 --out benchmarks/results/compile_check_sm80.md
+    make compile-check-triton36                        # the same with triton 3.6.0 (the H200 image's)
 
 The CPU interpreter runs the kernels' Python semantics but never the GPU compiler, and it cannot run
 bf16 tl.dot at all; this script takes every kernel through Triton's full pipeline (TTIR -> TTGIR ->
@@ -14,6 +15,7 @@ counts. It must run without TRITON_INTERPRET (it re-executes itself without it i
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -45,12 +47,12 @@ def variants():
     """(kernel name, Autotuner, pointer dtypes, constexpr values, label) for each variant worth
     compiling: every Psi / reset / post mode of the LIF kernels, every dtype of the GEMMs."""
     from stllr_kernels.backends.triton import conv, eligibility, lif, sequence, trace
-    from stllr_kernels.psi import PSI_CODES
+    from stllr_kernels.psi import POST_MODES, PSI_CODES, RESET_MODES
     import triton.language as tl
     out = []
     for psi, code in PSI_CODES.items():
-        for reset, post in (("soft", "psi"), ("hard", "spike")):
-            for dt in ("fp32", "bf16"):
+        for reset, post in itertools.product(RESET_MODES, POST_MODES):
+            for dt in ("fp32", "bf16", "fp16"):
                 modes = dict(PSI=code, SOFT_RESET=reset == "soft", POST_SPIKE=post == "spike")
                 out.append(("lif_step", lif._lif_step_kernel, {"cur_ptr": dt, "s_ptr": dt},
                             {**modes, "WRITE_PSI": True}, f"{psi} {reset} {post} {dt}"))
@@ -165,7 +167,7 @@ def main(argv=None) -> int:
         f"# compile_check: every Triton kernel compiled for sm_{args.arch}, without a GPU",
         "",
         f"- command: `python benchmarks/compile_check.py{''.join(' ' + a for a in (argv or sys.argv[1:]))}`; "
-        f"triton {triton.__version__}; "
+        f"triton {triton.__version__} (from `{os.path.relpath(os.path.dirname(triton.__file__), os.path.dirname(HERE))}`); "
         f"{len(rows)} compiles in {time.time() - start:.0f} s; {failures} errors",
         f"- shared-memory limit per block on sm_{args.arch}: {limit if limit else 'unknown'} bytes",
         "- this proves the kernels compile (and shows their resource use); it does not run them: "

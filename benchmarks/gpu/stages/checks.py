@@ -1,0 +1,110 @@
+"""One verdict per op call: a backend's outputs against the reference on the same inputs."""
+from __future__ import annotations
+
+import torch
+
+from stllr_kernels import reference as R
+
+from ..compare import Verdict, spike_flips, u_bound, values_verdict
+
+F32 = torch.float32
+
+
+def _join(*verdicts) -> Verdict:
+    return Verdict(all(v.ok for v in verdicts), "; ".join(v.detail for v in verdicts))
+
+
+def _dtypes(got, want) -> Verdict:
+    bad = [f"{i}: {g.dtype} vs {w.dtype}" for i, (g, w) in enumerate(zip(got, want))
+           if g is not None and w is not None and g.dtype != w.dtype]
+    return Verdict(not bad, "dtypes " + (", ".join(bad) if bad else "ok"))
+
+
+def lif_step(ops, cur, v, tr, beta, theta, cfg) -> Verdict:
+    flips, values, types = lif_step_parts(ops.lif_step(cur, v, tr, beta, theta, cfg),
+                                          cur, v, tr, beta, theta, cfg)
+    return _join(Verdict(flips.ok, flips.text()), values, types)
+
+
+def lif_step_parts(got, cur, v, tr, beta, theta, cfg):
+    """(Flips, value Verdict, dtype Verdict) of lif_step outputs `got` against the reference."""
+    want = R.lif_step(cur, v, tr, beta, theta, cfg)
+    beta_v = beta * v
+    u = beta_v + cur.to(F32) - theta
+    flips = spike_flips(got[0], want[0], u.abs() <= u_bound(beta_v, cur, theta), over_time=False)
+    values = values_verdict([(n, g, w, flips.keep) for n, g, w in
+                             zip(("v", "trpost", "psi"), got[1:], want[1:])], F32)
+    return flips, values, _dtypes(got, want)
+
+
+def lif_sequence(ops, cur, v, tr, beta, theta, cfg, save_from) -> Verdict:
+    got = ops.lif_sequence(cur, v, tr, beta, theta, cfg, save_from)
+    want = R.lif_sequence(cur, v, tr, beta, theta, cfg, save_from)
+    near, state = [], (v, tr)
+    for t in range(cur.shape[0]):  # the reference's u at every step, for the flip rule
+        beta_v = beta * state[0]
+        near.append((beta_v + cur[t].to(F32) - theta).abs() <= u_bound(beta_v, cur[t], theta))
+        state = R.lif_step(cur[t], state[0], state[1], beta, theta, cfg)[1:3]
+    flips = spike_flips(got[0], want[0], torch.stack(near), over_time=True)
+    never = flips.keep[-1]
+    values = values_verdict([("v", got[1], want[1], never), ("trpost", got[2], want[2], never),
+                             ("psi", got[3], want[3], flips.keep[save_from:]),
+                             ("trpost_prev", got[4], want[4], flips.keep[save_from:])], F32)
+    return _join(Verdict(flips.ok, flips.text()), values, _dtypes(got, want))
+
+
+def pre_trace(ops, tr, x, decay) -> Verdict:
+    got, want = ops.pre_trace(tr, x, decay), R.pre_trace(tr, x, decay)
+    return _join(values_verdict([("trpre", got, want)], F32), _dtypes([got], [want]))
+
+
+def trace_sequence(ops, x, tr, decay, save_from) -> Verdict:
+    got, want = ops.trace_sequence(x, tr, decay, save_from), R.trace_sequence(x, tr, decay, save_from)
+    return _join(values_verdict([("saved", got[0], want[0]), ("last", got[1], want[1])], F32),
+                 _dtypes(got, want))
+
+
+def linear_backward(ops, args, dtype, relative=False) -> Verdict:
+    """relative: compare each output divided by its largest reference magnitude (for inputs scaled
+    far below 1, where the policy's absolute part would forgive anything)."""
+    got, want = ops.linear_backward(*args), R.linear_backward(*args)
+    rows = args[0].numel() // args[0].shape[-1]
+    n, k = args[6].shape
+    types = _dtypes(got, want)
+    if relative:
+        got, want = _relative(got, want)
+    return _join(values_verdict([("dx", got[0], want[0])], dtype, n),
+                 values_verdict([("dW", got[1], want[1]), ("db", got[2], want[2])], dtype, 2 * rows),
+                 types)
+
+
+def conv_backward(ops, args, dtype, relative=False) -> Verdict:
+    got, want = ops.conv_backward(*args), R.conv_backward(*args)
+    L, W = args[0], args[6]
+    per_weight = 2 * L.shape[0] * L.shape[2] * L.shape[3]
+    types = _dtypes(got, want)
+    if relative:
+        got, want = _relative(got, want)
+    return _join(values_verdict([("dx", got[0], want[0])], dtype, W.shape[0] * 9),
+                 values_verdict([("dW", got[1], want[1]), ("db", got[2], want[2])], dtype, per_weight),
+                 types)
+
+
+def _relative(got, want):
+    out_g, out_w = [], []
+    for g, w in zip(got, want):
+        if g is None or w is None:
+            out_g.append(g)
+            out_w.append(w)
+            continue
+        scale = w.float().abs().max().clamp(min=1e-30)
+        out_g.append(g.float() / scale)
+        out_w.append(w.float() / scale)
+    return out_g, out_w
+
+
+def refused_fp16(exc: Exception) -> bool:
+    """A backend may refuse float16 eligibility operands, if it says so clearly."""
+    text = str(exc).lower()
+    return isinstance(exc, (TypeError, ValueError, NotImplementedError, RuntimeError)) and (
+        "float16" in text or "fp16" in text or "half" in text)

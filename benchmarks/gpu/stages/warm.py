@@ -1,0 +1,18 @@
+"""Warm-up stages: run a timing stage's Triton work once, in a process of its own, while the CUDA
+extension builds (the CPU is otherwise idle then). Triton keeps what it compiles in its on-disk
+cache, so the timing stage later only loads the binaries (and benchmarks the autotune configs,
+which takes milliseconds). Their rows say how long the compiles took."""
+from __future__ import annotations
+
+import importlib
+import time
+
+
+def run(ctx) -> None:
+    from . import STAGES
+    target = next(s for s in STAGES if s.name == ctx.args.target)
+    module = importlib.import_module(f"benchmarks.gpu.stages.{target.module}")
+    t0 = time.time()
+    module.warm_only(ctx)
+    ctx.add("warm-up", f"Triton compiles of the {target.name} stage", "triton",
+            note=f"{time.time() - t0:.0f} s")
