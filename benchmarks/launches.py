@@ -1,0 +1,155 @@
+"""Ops per time step of a training batch, forward + backward, per model and execution mode.
+
+On every device: the ops dispatched (`OpCounter`, a TorchDispatchMode: every ATen and custom op
+that reaches the dispatcher from Python or from autograd, views and detaches excluded, the user's
+loss, the engine's prediction sum and autograd's gradient accumulation included; the optimizer
+step is not). A C++ op of the extension counts once even when it calls ATen GEMMs inside. Host
+synchronisations (`aten::_local_scalar_dense`, what `.item()` / `bool(t)` dispatch) are counted
+apart. On a GPU also the CUDA kernels launched (torch.profiler), the figure that bounds a step there.
+
+    python -m benchmarks.launches            # writes benchmarks/results/launches_<device>.{md,csv}
+    python -m benchmarks.launches --quick    # tiny sizes
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import stllr_kernels
+from benchmarks import common, networks
+from benchmarks.networks import GESTURE, SHD, ModelSpec
+
+HOST_SYNC_OPS = frozenset({"_local_scalar_dense"})
+# the goals of issue 11 (SHD net, ops per time step)
+GOALS = {"online": 20, "time-fused": 4}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ops dispatched while active, by name; views (detach included) are not ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter = Counter()
+        self.host_syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in HOST_SYNC_OPS:
+            self.host_syncs += 1
+        elif not func.is_view:
+            self.ops[f"{func.namespace}::{name}"] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+
+class _NoStep:
+    """An optimizer that does nothing: the counts cover forward and backward only."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+
+def batch_runner(spec: ModelSpec, mode: str, batch: int, device) -> Callable[[], None]:
+    """One training batch of the training engine (online: stepped; time-fused: one sequence call)."""
+    method = "stllr_online" if mode == "online" else "stllr_fused"
+    trainer = networks.make_trainer(spec, method, device)
+    for p in trainer.model.parameters():  # gradients accumulate over the runs: zero them in between
+        p.grad = None
+    trainer.optimizer = _NoStep()
+    x, y = networks.make_batch(spec, batch, device)
+
+    def run():
+        for p in trainer.model.parameters():
+            p.grad = None
+        trainer.train_batch(x, y)
+    return run
+
+
+def count_ops(fn: Callable[[], None]) -> OpCounter:
+    fn()  # a first call builds lazily created state (autotuning, caches) outside the count
+    counter = OpCounter()
+    with counter:
+        fn()
+    return counter
+
+
+def count_cuda_launches(fn: Callable[[], None]) -> int:
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def configs(quick: bool) -> list[tuple[ModelSpec, int]]:
+    """(model, batch): the SHD net as the issue measured it (B=16, T=20, 18 loss steps) and the
+    Gesture VGG at its paper T and loss steps (batch 1: a count does not depend on the batch)."""
+    if quick:
+        return [(SHD.with_(T=4, delay_ls=3), 2), (GESTURE.with_(T=2, delay_ls=1), 1)]
+    return [(SHD.with_(T=20, delay_ls=18), 16), (GESTURE, 1)]
+
+
+def measure(spec: ModelSpec, batch: int, device: torch.device) -> list[dict]:
+    rows = []
+    for mode in ("online", "time-fused"):
+        run = batch_runner(spec, mode, batch, device)
+        counter = count_ops(run)
+        row = {"model": spec.name, "mode": mode, "B": batch, "T": spec.T, "loss_steps": spec.delay_ls,
+               "backend": stllr_kernels.get_backend_name(device.type),
+               "ops": counter.total, "ops_per_step": round(counter.total / spec.T, 2),
+               "host_syncs": counter.host_syncs,
+               "top_ops": ", ".join(f"{k.split('::')[1]} {v}" for k, v in counter.ops.most_common(8))}
+        if device.type == "cuda":
+            launches = count_cuda_launches(run)
+            row["cuda_launches"] = launches
+            row["cuda_launches_per_step"] = round(launches / spec.T, 2)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = common.base_parser(__doc__.splitlines()[0])
+    args = common.parse(p, argv)
+    device = torch.device(args.device)
+    report = common.Report("launches", "Ops per time step (forward + backward)", args.out, device)
+    rows = []
+    for spec, batch in configs(args.quick):
+        if args.models and spec.kind not in args.models.split(","):
+            continue
+        rows += measure(spec, batch, device)
+    for r in rows:
+        goal = GOALS.get(r["mode"]) if r["model"] == SHD.name else None
+        r["goal"] = f"<= {goal}" if goal else ""
+        print(f"{r['model']:16s} {r['mode']:10s} {r['ops_per_step']:7.2f} ops/step "
+              f"({r['ops']} ops, {r['host_syncs']} host syncs)"
+              + (f", {r['cuda_launches_per_step']} CUDA launches/step" if "cuda_launches" in r else ""))
+    columns = ["model", "mode", "B", "T", "loss_steps", "backend", "ops", "ops_per_step", "goal",
+               "host_syncs"] + (["cuda_launches_per_step"] if device.type == "cuda" else []) + ["top_ops"]
+    report.section("Results",
+                   "One training batch of the training engine (`Trainer.train_batch`, training mode "
+                   "`stllr`: online = one call per time step and one backward per loss step; "
+                   "time-fused = `--step-mode sequence`, one call per sequence and one backward), "
+                   "the optimizer step excluded. `ops` counts every op dispatched (TorchDispatchMode): "
+                   "ATen and custom ops from Python and from autograd (gradient accumulation "
+                   "included), the user's cross-entropy and the engine's prediction sum included, "
+                   "views and detaches excluded; an op of the C++ extension counts once, whatever it "
+                   "calls inside. `host_syncs` counts `.item()`-style reads "
+                   "(`aten::_local_scalar_dense`). A count does not depend on timing: one run is "
+                   "exact. Goals (issue 11, SHD net): online <= 20 ops per step, time-fused <= 4.",
+                   common.markdown_table(rows, columns))
+    print("wrote", report.write(rows))
+
+
+if __name__ == "__main__":
+    main()
