@@ -2,7 +2,7 @@
 
 On every device: the ops dispatched (`OpCounter`, a TorchDispatchMode: every ATen and custom op
 that reaches the dispatcher from Python or from autograd, views and detaches excluded, the user's
-loss, the engine's prediction sum and autograd's gradient accumulation included; the optimizer
+loss and autograd's gradient accumulation included; the optimizer
 step is not). A C++ op of the extension counts once even when it calls ATen GEMMs inside. Host
 synchronisations (`aten::_local_scalar_dense`, what `.item()` / `bool(t)` dispatch) are counted
 apart. On a GPU also the CUDA kernels launched (torch.profiler), the figure that bounds a step there.
@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import stllr_kernels
@@ -48,30 +49,38 @@ class OpCounter(TorchDispatchMode):
         return sum(self.ops.values())
 
 
-class _NoStep:
-    """An optimizer that does nothing: the counts cover forward and backward only."""
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        pass
-
-    def step(self) -> None:
-        pass
-
-
 def batch_runner(spec: ModelSpec, mode: str, batch: int, device) -> Callable[[], None]:
-    """One training batch of the training engine (online: stepped; time-fused: one sequence call)."""
-    method = "stllr_online" if mode == "online" else "stllr_fused"
-    trainer = networks.make_trainer(spec, method, device)
-    for p in trainer.model.parameters():  # gradients accumulate over the runs: zero them in between
-        p.grad = None
-    trainer.optimizer = _NoStep()
-    x, y = networks.make_batch(spec, batch, device)
+    """Forward and backward of one batch as the README's loops write them (no optimizer step).
 
-    def run():
-        for p in trainer.model.parameters():
+    online: one call per time step, `cross_entropy(out_t, y).backward()` at each loss step;
+    time-fused: one call on the whole sequence with loss_steps=D and one backward of one
+    cross-entropy over all D x B loss rows (summed over steps, mean over the batch)."""
+    trainer = networks.make_trainer(spec, "stllr_online", device)
+    model = trainer.model
+    x, y = networks.make_batch(spec, batch, device)
+    T, D = spec.T, spec.delay_ls
+
+    def online():
+        model.reset_states()
+        for t in range(T):
+            with torch.set_grad_enabled(t >= T - D):
+                out = model(x[t])
+                if t >= T - D:
+                    F.cross_entropy(out, y).backward()
+
+    def fused():
+        model.reset_states()
+        out = model(x, D)
+        loss = F.cross_entropy(out[T - D:].flatten(0, 1), y.repeat(D), reduction="sum") / batch
+        loss.backward()
+
+    run = online if mode == "online" else fused
+
+    def run_fresh():
+        for p in model.parameters():
             p.grad = None
-        trainer.train_batch(x, y)
-    return run
+        run()
+    return run_fresh
 
 
 def count_ops(fn: Callable[[], None]) -> OpCounter:
@@ -137,12 +146,13 @@ def main(argv=None) -> None:
     columns = ["model", "mode", "B", "T", "loss_steps", "backend", "ops", "ops_per_step", "goal",
                "host_syncs"] + (["cuda_launches_per_step"] if device.type == "cuda" else []) + ["top_ops"]
     report.section("Results",
-                   "One training batch of the training engine (`Trainer.train_batch`, training mode "
-                   "`stllr`: online = one call per time step and one backward per loss step; "
-                   "time-fused = `--step-mode sequence`, one call per sequence and one backward), "
-                   "the optimizer step excluded. `ops` counts every op dispatched (TorchDispatchMode): "
+                   "The forward and backward of one batch of the training package's model, as the "
+                   "README's loops write them (`batch_runner`): online = one call per time step and "
+                   "`cross_entropy(out_t, y).backward()` at each loss step; time-fused = one call on "
+                   "the sequence with `loss_steps` and one cross-entropy over all loss rows; the "
+                   "optimizer step excluded. `ops` counts every op dispatched (TorchDispatchMode): "
                    "ATen and custom ops from Python and from autograd (gradient accumulation "
-                   "included), the user's cross-entropy and the engine's prediction sum included, "
+                   "included), the user's cross-entropy included, "
                    "views and detaches excluded; an op of the C++ extension counts once, whatever it "
                    "calls inside. `host_syncs` counts `.item()`-style reads "
                    "(`aten::_local_scalar_dense`). A count does not depend on timing: one run is "

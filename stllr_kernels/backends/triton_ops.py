@@ -44,9 +44,13 @@ if _IMPORT_ERROR is None:
     from .triton.lif import lif_step
     from .triton.sequence import lif_sequence
     from .triton.trace import pre_trace, trace_sequence
-    (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward) = map(
+    from .triton.recurrent import readout_sequence, recurrent_backward, recurrent_sequence
+    from .triton.standardize import standardize_backward
+    (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
+     recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward) = map(
         _float64_runs_reference,
-        (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward))
+        (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
+         recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward))
 else:
     INTERPRETED = False
 
@@ -55,9 +59,11 @@ else:
         raise BackendUnavailable(f"backend 'triton' cannot run: {_IMPORT_ERROR}")
 
     lif_step = pre_trace = lif_sequence = trace_sequence = linear_backward = conv_backward = _missing
+    recurrent_sequence = readout_sequence = recurrent_backward = standardize_backward = _missing
 
 __all__ = ["lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward",
-           "conv_backward", "unavailable_reason"]
+           "conv_backward", "recurrent_sequence", "readout_sequence", "recurrent_backward",
+           "standardize_backward", "unavailable_reason"]
 
 
 def unavailable_reason(name: str, device_type: str) -> Optional[str]:
