@@ -60,7 +60,8 @@ def _recurrent_step_kernel(
     trrec = tl.load(trrec_ptr + offs, mask=m, other=0.0)
     cur_ty = cur_ptr.dtype.element_ty
     cur_in = tl.load(cur_ptr + offs, mask=m, other=0.0)
-    cur = (cur_in.to(tl.float32) + acc.to(cur_ty).to(tl.float32)).to(cur_ty).to(v.dtype)
+    rec = acc.to(cur_ty, fp_downcast_rounding="rtne").to(tl.float32)
+    cur = (cur_in.to(tl.float32) + rec).to(cur_ty, fp_downcast_rounding="rtne").to(v.dtype)
     beta = tl.load(beta_ptr).to(v.dtype)
     theta = tl.load(theta_ptr).to(v.dtype)
     spike, v_new, tr_new, psi = lif_update(cur, v, tr, beta, theta, lambda_post, PSI, SOFT_RESET, POST_SPIKE)
