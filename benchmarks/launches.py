@@ -158,6 +158,17 @@ def main(argv=None) -> None:
                    "(`aten::_local_scalar_dense`). A count does not depend on timing: one run is "
                    "exact. Goals (issue 11, SHD net): online <= 20 ops per step, time-fused <= 4.",
                    common.markdown_table(rows, columns))
+    report.section("Before the layer glue of issue 11",
+                   "The same command on the code before it (commit f74c966, run with this script: "
+                   "`git archive f74c966 stllr_kernels training | tar -x -C DIR`, this `benchmarks/` "
+                   "and the built extension copied beside them): SHD online 88.25 ops per step, "
+                   "time-fused 22.80 (1 host sync); Gesture VGG online 201.10, time-fused 25.25 "
+                   "(8 host syncs). Where the difference comes from: weight standardization once per "
+                   "sequence with a one-op closed-form backward (it was recomputed and back-propagated "
+                   "through ~20 ATen ops at every step); beta and theta once; one op per step for the "
+                   "recurrent layer (input GEMM, recurrent GEMM, LIF and both traces) and for the "
+                   "readout; one op for the recurrent backward; no zero gradients materialized for "
+                   "the states; the early-loss check on the device instead of a host read.")
     print("wrote", report.write(rows))
 
 
