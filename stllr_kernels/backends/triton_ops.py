@@ -50,8 +50,7 @@ if _IMPORT_ERROR is None:
     from .triton.common import INTERPRETED
     from .triton.conv import conv_backward
     from .triton.eligibility import linear_backward
-    from .triton.lif import lif_step
-    from .triton.sequence import lif_sequence
+    from .triton.lif import lif_sequence, lif_step
     from .triton.trace import pre_trace, trace_sequence
     from .triton.recurrent import readout_sequence, recurrent_backward, recurrent_sequence
     from .triton.standardize import standardize_backward
