@@ -151,10 +151,9 @@ def recurrent_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight
         spikes.append(s_prev)
         if t >= save_from:
             psis.append(psi)
-    n_like = currents
-    return (_stack_or_empty(spikes, n_like, s_prev), v, trpost, trpre, trrec,
-            _stack_or_empty(psis, n_like, v), _stack_or_empty(prevs, n_like, v), trpre_saved,
-            _stack_or_empty(s_prevs, n_like, s_prev), _stack_or_empty(trrec_prevs, n_like, v))
+    return (_stack_or_empty(spikes, currents, s_prev), v, trpost, trpre, trrec,
+            _stack_or_empty(psis, currents, v), _stack_or_empty(prevs, currents, v), trpre_saved,
+            _stack_or_empty(s_prevs, currents, s_prev), _stack_or_empty(trrec_prevs, currents, v))
 
 
 def readout_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], v: Tensor, trpre: Tensor,
