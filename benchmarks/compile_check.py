@@ -46,7 +46,7 @@ def parse_args(argv=None):
 def variants():
     """(kernel name, Autotuner, pointer dtypes, constexpr values, label) for each variant worth
     compiling: every Psi / reset / post mode of the LIF kernels, every dtype of the GEMMs."""
-    from stllr_kernels.backends.triton import conv, eligibility, lif, sequence, trace
+    from stllr_kernels.backends.triton import conv, eligibility, lif, trace
     from stllr_kernels.psi import POST_MODES, PSI_CODES, RESET_MODES
     import triton.language as tl
     out = []
@@ -56,7 +56,7 @@ def variants():
                 modes = dict(PSI=code, SOFT_RESET=reset == "soft", POST_SPIKE=post == "spike")
                 out.append(("lif_step", lif._lif_step_kernel, {"cur_ptr": dt, "s_ptr": dt},
                             {**modes, "WRITE_PSI": True}, f"{psi} {reset} {post} {dt}"))
-                out.append(("lif_sequence", sequence._lif_sequence_kernel,
+                out.append(("lif_sequence", lif._lif_sequence_kernel,
                             {"cur_ptr": dt, "s_ptr": dt}, modes, f"{psi} {reset} {post} {dt}"))
     for dt in ("fp32", "bf16", "fp16"):
         out.append(("pre_trace", trace._pre_trace_kernel, {"x_ptr": dt}, {}, dt))

@@ -7,7 +7,10 @@ They include the models' dropout, in train mode, as real training runs them.
 What exists only here:
   - `naive` (SHD only): the S-TLLR SHD model whose recurrent layer's backward forms the per-sample
     B x N x K eligibility tensors of the original code (the layer's class swapped in place);
-  - `spikingjelly`: the BPTT model with its LIF neurons replaced by SpikingJelly's `LIFNode`.
+  - `spikingjelly`: the BPTT model with its LIF neurons replaced by SpikingJelly's `LIFNode`;
+  - `bptt_lean`: the BPTT model run as a lean plain-torch BPTT would be written: weights standardized
+    once per sequence, the input projection (SHD) or every conv (VGG) as one call over all T, the LIF
+    stepped in plain torch with beta and theta computed once.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 
 from stllr_kernels import nn as snn
 from stllr_kernels.psi import apply_psi
-from stllr_kernels.reference import beta_of, pre_trace, theta_of
+from stllr_kernels.reference import beta_of, pre_trace, standardize_weight, theta_of
 from training.config import RunConfig
 from training.data import DATASETS
 from training.engine import Trainer, make_loss
@@ -128,13 +131,16 @@ class NaiveRecStep(torch.autograd.Function):
 
 
 class NaiveLinearRecSTLLR(snn.LinearRecSTLLR):
-    """LinearRecSTLLR (same parameters and states) with the naive outer-product backward."""
+    """LinearRecSTLLR (same parameters and states) with the naive outer-product backward, stepped
+    one time step at a time and standardizing its weights at every step, as the original does."""
 
-    def _step(self, x):
+    def forward(self, x, loss_steps=None):
+        if x.dim() != 2:
+            raise ValueError("NaiveLinearRecSTLLR: one time step [B, K] at a time (online mode only)")
         batch, shape_n = x.shape[0], (x.shape[0], self.out_features)
         v, trpost = self._state("v", shape_n, x), self._state("trpost", shape_n, x)
         trpre = self._state("trpre", (batch, self.in_features), x)
-        s_prev, trrec = self._state("s_prev", shape_n, x), self._state("trrec", shape_n, x)
+        s_prev, trrec = self._state("s_prev", shape_n, x, dtype=x.dtype), self._state("trrec", shape_n, x)
         beta, theta = self._beta_theta()
         s, self.v, self.trpost, self.trpre = NaiveRecStep.apply(
             x, self.effective_weight(), self.bias, self.effective_weight_rec(), s_prev, trrec, v,
@@ -156,7 +162,8 @@ def with_naive_recurrence(model: nn.Module) -> nn.Module:
 
 def spikingjelly_lif(lif: snn.LIF, step_mode: str):
     """SpikingJelly's LIFNode set up as this LIF: v = beta v + I (decay_input=False,
-    tau = 1/(1-beta)), soft reset (v_reset=None), same threshold; surrogate: Sigmoid(4) for sigmoid
+    tau = 1/(1-beta)), soft reset with the spike detached (v_reset=None, detach_reset=True, as
+    the original's BPTT LIF, SPEC 7.1), same threshold; surrogate: Sigmoid(4) for sigmoid
     (identical), SoftSign(100) for fast_sigmoid (same shape, 50x scale), PiecewiseQuadratic(1) for
     triangle (same shape, no 0.3 factor)."""
     from spikingjelly.activation_based import neuron, surrogate
@@ -166,7 +173,7 @@ def spikingjelly_lif(lif: snn.LIF, step_mode: str):
           "triangle": surrogate.PiecewiseQuadratic(alpha=1.0)}[lif.psi]
     beta = float(beta_of(lif.leak.detach().double()))
     return neuron.LIFNode(tau=1.0 / (1.0 - beta), decay_input=False, v_threshold=float(theta_of(lif.threshold)),
-                          v_reset=None, surrogate_function=sg, step_mode=step_mode)
+                          v_reset=None, detach_reset=True, surrogate_function=sg, step_mode=step_mode)
 
 
 class _TimeFolded(nn.Module):
@@ -224,6 +231,68 @@ class SpikingJellyModel(SpikingModel):
         return out.view(self.T, x.shape[1], *out.shape[1:])
 
 
+# ----------------------------------------------------------------------------- lean plain-torch BPTT
+
+class _LeanLIFSequence(nn.Module):
+    """The LIF of `nn.LIF` over a whole sequence [T, B, ...] in plain torch, beta and theta computed
+    once; the same arithmetic as the step-by-step LIF (soft or hard reset, Psi surrogate)."""
+
+    def __init__(self, lif: snn.LIF):
+        super().__init__()
+        self.lif = lif
+
+    def forward(self, currents):
+        lif = self.lif
+        beta, theta = beta_of(lif.leak), theta_of(lif.threshold)
+        v, spikes = None, []
+        for current in currents:
+            v = current if v is None else beta * v + current
+            s = snn.spike_fn(v - theta, lif.psi)
+            v = v - theta * s.detach() if lif.reset_mechanism == "soft" else v * (1.0 - s.detach())
+            spikes.append(s)
+        return torch.stack(spikes)
+
+
+class LeanBPTTModel(SpikingModel):
+    """A copy of a training BPTT model run as a lean plain-torch BPTT: SHD standardizes W and W_rec
+    once, projects the whole input sequence in one GEMM, steps only W_rec s[t-1] and the LIF, and
+    runs the readout's GEMM over all T before its leaky scan; the VGG runs every conv and pool on
+    [T*B, ...] (standardization once per sequence) with a multi-step plain-torch LIF."""
+
+    def __init__(self, bptt: SpikingModel):
+        self.input_shape, self.num_classes = bptt.input_shape, bptt.num_classes
+        super().__init__("BP")
+        self.net, self.T = copy.deepcopy(bptt), 1
+        if not isinstance(getattr(self.net, "linear1", None), snn.LinearRecLIF):
+            net = self.net
+            net.lifs = nn.ModuleList(_TimeFolded(_LeanLIFSequence(lif), self) for lif in net.lifs)
+            net.drops = nn.ModuleList(_TimeFolded(d, self, sequence=True) for d in net.drops)
+
+    def forward_step(self, x):
+        raise ValueError("LeanBPTTModel: runs whole sequences only: call model.sequence(x, loss_steps)")
+
+    def forward_sequence(self, x, loss_steps: int):
+        if isinstance(getattr(self.net, "linear1", None), snn.LinearRecLIF):
+            rec, readout = self.net.linear1, self.net.last_layer
+            w = standardize_weight(rec.fc.weight, rec.fc.gain)
+            w_rec = standardize_weight(rec.rec.weight, rec.rec.gain)
+            lif, beta, theta = rec.lif, beta_of(rec.lif.leak), theta_of(rec.lif.threshold)
+            v, s, spikes = None, None, []
+            for current in F.linear(x, w, rec.fc.bias):
+                v = current if v is None else beta * v + current + F.linear(s, w_rec)
+                s = snn.spike_fn(v - theta, lif.psi)
+                v = v - theta * s.detach() if lif.reset_mechanism == "soft" else v * (1.0 - s.detach())
+                spikes.append(s)
+            beta_out, v, outs = beta_of(readout.leak), None, []
+            for current in readout.fc(torch.stack(spikes)):
+                v = current if v is None else beta_out * v + current
+                outs.append(v)
+            return torch.stack(outs)
+        self.T = x.shape[0]
+        out = self.net.forward_step(x.flatten(0, 1))
+        return out.view(self.T, x.shape[1], *out.shape[1:])
+
+
 def spikingjelly_available() -> Optional[str]:
     """None if SpikingJelly imports, else why not."""
     try:
@@ -242,6 +311,7 @@ METHODS = {
     "naive": ("stllr", {}, with_naive_recurrence),
     "bptt": ("bptt", {}, None),
     "spikingjelly": ("bptt", {"step_mode": "sequence"}, SpikingJellyModel),
+    "bptt_lean": ("bptt", {"step_mode": "sequence"}, LeanBPTTModel),
 }
 
 

@@ -22,8 +22,8 @@ def headline(out: Path, device: str) -> str:
     speed = _read(out / f"train_step_{device}.csv")
     memory = _read(out / f"memory_{device}.csv")
     macs = _read(out / "macs.csv")
-    lines = ["| model | measure | S-TLLR | BPTT (this package) | BPTT (SpikingJelly) | naive S-TLLR |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model | measure | S-TLLR | BPTT (this package) | BPTT (lean torch) | BPTT (SpikingJelly) | naive S-TLLR |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for model in dict.fromkeys(r["model"] for r in speed + memory + macs):
         t = {r["provider"]: r for r in speed if r["model"] == model}
         if t:
@@ -34,7 +34,8 @@ def headline(out: Path, device: str) -> str:
             stllr = (f"online {online['median']} [{online['backend']}], time-fused "
                      f"{fused['median'] if fused else '—'}") if online else "—"
             lines.append(f"| {model} | s / batch ({t[next(iter(t))]['shape']}) | {stllr} | "
-                         f"{cell('BPTT (stllr_kernels.nn)')} | {cell('BPTT (SpikingJelly)')} | "
+                         f"{cell('BPTT (stllr_kernels.nn)')} | {cell('BPTT (lean torch)')} | "
+                         f"{cell('BPTT (SpikingJelly)')} | "
                          f"{cell('S-TLLR naive outer-product')} |")
         m = {r["method"]: r for r in memory if r["model"] == model and r["T"] == "100"}
         if m:
@@ -43,12 +44,12 @@ def headline(out: Path, device: str) -> str:
                 return f"{r['peak']} ({r['x S-TLLR online']})" if r else "—"
             lines.append(f"| {model} | peak memory, T=100, B={m['S-TLLR online']['batch']} | online "
                          f"{m['S-TLLR online']['peak']}, time-fused {m['S-TLLR time-fused']['peak']} | "
-                         f"{mem('BPTT (stllr_kernels.nn)')} | {mem('BPTT (SpikingJelly)')} | — |")
+                         f"{mem('BPTT (stllr_kernels.nn)')} | — | {mem('BPTT (SpikingJelly)')} | — |")
         c = {r["method"]: r for r in macs if r["model"] == model}
         if c:
             lines.append(f"| {model} | MACs / sample (T={c['S-TLLR']['T']}, delay-ls "
                          f"{c['S-TLLR']['delay-ls']}) | {c['S-TLLR']['total']} | {c['BPTT']['total']} "
-                         f"({c['BPTT']['BPTT / S-TLLR total']}) | — | — |")
+                         f"({c['BPTT']['BPTT / S-TLLR total']}) | — | — | — |")
     return "\n".join(lines)
 
 

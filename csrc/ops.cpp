@@ -140,6 +140,19 @@ TORCH_LIBRARY(stllr, m) {
         "Tensor trpre, Tensor weight, int[2] stride, int[2] padding, int[2] dilation, int groups, "
         "float alpha_post, float alpha_pre, bool needs_input_grad, bool needs_bias_grad) "
         "-> (Tensor, Tensor, Tensor)");
+  // The recurrent layer over T steps (T = 1: one online step); see reference.recurrent_sequence.
+  m.def("recurrent_sequence(Tensor x, Tensor weight, Tensor? bias, Tensor weight_rec, Tensor s_prev, "
+        "Tensor v, Tensor trpost, Tensor trpre, Tensor trrec, Tensor beta, Tensor theta, "
+        "float lambda_post, float lambda_pre, int psi, int reset, int post, int save_from) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("readout_sequence(Tensor x, Tensor weight, Tensor? bias, Tensor v, Tensor trpre, Tensor beta, "
+        "float lambda_pre, int save_from) -> (Tensor, Tensor, Tensor)");
+  m.def("recurrent_backward(Tensor grad_s, Tensor psi, Tensor causal, Tensor trpost_prev, Tensor x, "
+        "Tensor trpre, Tensor s_prev, Tensor trrec_prev, Tensor weight, Tensor weight_rec, "
+        "float alpha_post, float alpha_pre, bool needs_input_grad, bool needs_bias_grad) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("standardize_backward(Tensor grad_w_hat, Tensor normalized, Tensor scale, Tensor gain) "
+        "-> (Tensor, Tensor)");
 }
 
 // `import stllr_kernels._C` loads this shared library; the ops are then under torch.ops.stllr.

@@ -73,7 +73,7 @@ inline void dispatch_lif_config(int64_t psi, int64_t reset, int64_t post, F&& f)
   else with_reset(std::integral_constant<int, kFastSigmoid>{});
 }
 
-// ---------------------------------------------------------------- argument checks (checks.cpp)
+// ---------------------------------------------------------------- argument checks (ops.cpp)
 
 // States are kept in at least float32 (reference.state_dtype).
 c10::ScalarType state_dtype(c10::ScalarType input);
@@ -150,5 +150,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_impl(
     const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, int64_t groups, double alpha_post, double alpha_pre,
     bool needs_input_grad, bool needs_bias_grad, ProductsFn products);
+
+// ---------------------------------------------------------------- recurrent layers (recurrent.cpp)
+
+// One step of the recurrent layer, element-wise over B*N neurons (device specific): with
+// I = current + rec (added in the input dtype, as the reference does), the LIF step updates v,
+// trpost in place, writes s, and trrec = lambda_pre * trrec + s (in place). When psi is defined
+// (a loss step) it also writes psi[t], trpost[t-1] (prev), s[t-1] and trrec[t-1].
+struct RecurrentStep {
+  at::Tensor current, rec, s_prev;                 // [B, N] in the input dtype, contiguous
+  at::Tensor v, trpost, trrec;                     // states, state dtype, updated in place
+  at::Tensor s;                                    // output [B, N], input dtype
+  at::Tensor psi, prev, s_prev_saved, trrec_prev;  // outputs of a loss step (else undefined)
+  at::Tensor beta, theta;                          // 0-d, state dtype
+  double lambda_post, lambda_pre;
+  int64_t psi_code, reset, post;
+};
+using RecurrentStepFn = void (*)(const RecurrentStep&);
+// out[t] = beta * out[t-1] + currents[t], out[-1] = v, over currents [T, n] (state dtype out).
+using LeakyScanFn = void (*)(const at::Tensor& currents, const at::Tensor& v, const at::Tensor& beta,
+                             const at::Tensor& out);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor>
+recurrent_sequence_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        const at::Tensor& weight_rec, const at::Tensor& s_prev, const at::Tensor& v,
+                        const at::Tensor& trpost, const at::Tensor& trpre, const at::Tensor& trrec,
+                        const at::Tensor& beta, const at::Tensor& theta, double lambda_post, double lambda_pre,
+                        int64_t psi, int64_t reset, int64_t post, int64_t save_from, RecurrentStepFn step);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> readout_sequence_impl(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& v,
+    const at::Tensor& trpre, const at::Tensor& beta, double lambda_pre, int64_t save_from, LeakyScanFn scan);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_impl(
+    const at::Tensor& grad_s, const at::Tensor& psi, const at::Tensor& causal, const at::Tensor& trpost_prev,
+    const at::Tensor& x, const at::Tensor& trpre, const at::Tensor& s_prev, const at::Tensor& trrec_prev,
+    const at::Tensor& weight, const at::Tensor& weight_rec, double alpha_post, double alpha_pre,
+    bool needs_input_grad, bool needs_bias_grad, ProductsFn products);
+
+// ---------------------------------------------------------------- standardization (standardize.cpp)
+
+// Checks the arguments of standardize_backward; returns fan_in.
+int64_t check_standardize_backward(const at::Tensor& grad_w_hat, const at::Tensor& normalized,
+                                   const at::Tensor& scale, const at::Tensor& gain);
+// The closed-form backward through ATen ops (any device): (dW, dgain).
+std::tuple<at::Tensor, at::Tensor> standardize_backward_aten(const at::Tensor& grad_w_hat,
+                                                             const at::Tensor& normalized,
+                                                             const at::Tensor& scale, const at::Tensor& gain);
 
 }  // namespace stllr

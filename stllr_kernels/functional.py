@@ -4,22 +4,29 @@ Each Function saves exactly what SPEC section 2 lists (x[t], trpre[t], trpost[t-
 weight, and s[t] for post="spike"), so memory per step is O(neurons) and nothing links steps: the
 states come out as non-differentiable tensors that the layers detach and carry.
 
-Two execution modes give the same gradients:
-- step: `stllr_step` / `readout_step`, one time step per call (online training);
-- sequence: `stllr_sequence` / `readout_sequence`, all T steps of a feed-forward layer at once
-  (one current GEMM/conv, one LIF-sequence op, one eligibility GEMM over the loss steps).
+Weight standardization is done once per sequence by the layer (`Standardized`, no graph); the
+Functions take the raw `weight` and `gain` as inputs, run on the cached W_hat and, in the backward,
+turn dW_hat into dW and dgain with the backend's `standardize_backward` (one op). So `.grad` is
+complete after every backward and no standardization graph is built per step.
+
+Functions, one per layer kind and execution mode (all give the same gradients):
+- `STLLRStep` / `STLLRSequence`: a feed-forward (linear or conv) layer, one step or all T steps
+  (one current GEMM/conv, one LIF-sequence op, one eligibility GEMM over the loss steps);
+- `RecurrentSTLLR`: the recurrent layer over T steps (T = 1 online): one `recurrent_sequence` op
+  forward, one `recurrent_backward` op (W and W_rec over the D x B loss rows) backward;
+- `ReadoutSTLLR`: the readout layer over T steps (T = 1 online): one `readout_sequence` op.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from .backends import get_ops
 from .config import RuleConfig
-from .reference import current_conv, current_linear, state_dtype
+from .reference import current_conv, current_linear
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,15 @@ class ConvGeometry:
     padding: tuple
     dilation: tuple
     groups: int
+
+
+class Standardized(NamedTuple):
+    """A weight as the step uses it: W_hat and what the standardization's backward needs
+    (normalized, scale: see reference.standardize), or the raw weight and None, None."""
+
+    weight: Tensor
+    normalized: Optional[Tensor] = None
+    scale: Optional[Tensor] = None
 
 
 def _current(x, weight, bias, conv: Optional[ConvGeometry]):
@@ -48,46 +64,70 @@ def _weight_backward(ops, conv, grad_s, psi, causal, trpost_prev, x, trpre, weig
                              cfg.alpha_pre, needs_x, needs_b)
 
 
-class STLLRStep(torch.autograd.Function):
-    """One time step of a linear, recurrent or conv S-TLLR layer.
+def _through_standardization(ops, grad_w_hat, std: Standardized, gain, needs_w: bool, needs_gain: bool):
+    """(dW, dgain) from dW_hat: the standardization's backward when the weight was standardized."""
+    if std.normalized is None:
+        return (grad_w_hat if needs_w else None), None
+    grad_w, grad_gain = ops.standardize_backward(grad_w_hat, std.normalized, std.scale, gain)
+    return (grad_w if needs_w else None), (grad_gain if needs_gain else None)
 
-    Inputs: x[t], W, b, W_rec (or None), s[t-1], trrec[t-1] (recurrent only), v+[t-1],
-    trpost[t-1], trpre[t-1], beta, theta (0-d tensors, no gradient), cfg, conv geometry (or None).
+
+def check_no_early_grad(grad_seq: Tensor, save_from: int) -> None:
+    """A loss on a step before save_from would be silently dropped: assert on the device that those
+    steps got no gradient (no host synchronization; on a CPU it raises right away)."""
+    if save_from > 0:
+        torch._assert_async(
+            grad_seq[:save_from].eq(0).all(),
+            f"a loss reached a step before step {save_from} of the sequence, but the layer was run "
+            f"with loss_steps={grad_seq.shape[0] - save_from} and kept nothing for earlier steps; "
+            f"pass loss_steps covering every step that has a loss")
+
+
+def _sequence_grad_x(grad_x_loss: Optional[Tensor], x_shape, save_from: int):
+    """dx of the whole sequence: zeros before the loss steps."""
+    if grad_x_loss is None or save_from == 0:
+        return None if grad_x_loss is None else grad_x_loss.view(x_shape)
+    grad_x = grad_x_loss.new_zeros(x_shape)
+    grad_x[save_from:] = grad_x_loss.view(x_shape[0] - save_from, *x_shape[1:])
+    return grad_x
+
+
+class STLLRStep(torch.autograd.Function):
+    """One time step of a feed-forward (linear or conv) S-TLLR layer.
+
+    Inputs: x[t], W, gain (or None), b, the cached Standardized W, v+[t-1], trpost[t-1], trpre[t-1],
+    beta, theta (0-d tensors, no gradient), cfg, conv geometry (or None).
     Outputs: s[t], v+[t], trpost[t], trpre[t]; only s[t] is differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, weight_rec, s_prev, trrec_prev, v, trpost, trpre, beta,
-                theta, cfg: RuleConfig, conv: Optional[ConvGeometry]):
+    def forward(ctx, x, weight, gain, bias, std: Standardized, v, trpost, trpre, beta, theta,
+                cfg: RuleConfig, conv: Optional[ConvGeometry]):
         ops = get_ops(x.device)
-        current = _current(x, weight, bias, conv)
-        if weight_rec is not None:
-            current = current + current_linear(s_prev, weight_rec, None)
+        current = _current(x, std.weight, bias, conv)
         trpre_new = ops.pre_trace(trpre, x, cfg.lambda_pre)
         s, v_new, trpost_new, psi = ops.lif_step(current, v, trpost, beta, theta, cfg)
         causal = s if cfg.post == "spike" else None
-        ctx.save_for_backward(x, trpre_new, trpost, psi, causal, weight, weight_rec, s_prev,
-                              trrec_prev)
-        ctx.cfg, ctx.conv, ctx.has_bias = cfg, conv, bias is not None
+        ctx.save_for_backward(x, trpre_new, trpost, psi, causal, gain)
+        ctx.std, ctx.cfg, ctx.conv, ctx.has_bias = std, cfg, conv, bias is not None
         ctx.mark_non_differentiable(v_new, trpost_new, trpre_new)
+        ctx.set_materialize_grads(False)  # no zero gradients built for the states
         return s, v_new, trpost_new, trpre_new
 
     @staticmethod
     def backward(ctx, grad_s, _grad_v, _grad_trpost, _grad_trpre):
-        x, trpre, trpost_prev, psi, causal, weight, weight_rec, s_prev, trrec_prev = ctx.saved_tensors
-        cfg, conv = ctx.cfg, ctx.conv
+        if grad_s is None:
+            return (None,) * 12
+        x, trpre, trpost_prev, psi, causal, gain = ctx.saved_tensors
+        cfg, conv, std = ctx.cfg, ctx.conv, ctx.std
         ops = get_ops(grad_s.device)
         causal = psi if causal is None else causal
-        grad_x, grad_w, grad_b = _weight_backward(
-            ops, conv, grad_s, psi, causal, trpost_prev, x, trpre, weight, cfg,
-            ctx.needs_input_grad[0], ctx.has_bias and ctx.needs_input_grad[2])
-        grad_w_rec = None
-        if weight_rec is not None and ctx.needs_input_grad[3]:
-            # the same rule for W_rec with x -> s[t-1], trpre -> trrec[t-1]; nothing flows into s[t-1]
-            _, grad_w_rec, _ = ops.linear_backward(grad_s, psi, causal, trpost_prev, s_prev,
-                                                   trrec_prev, weight_rec, cfg.alpha_post,
-                                                   cfg.alpha_pre, False, False)
-        return (grad_x, grad_w, grad_b, grad_w_rec) + (None,) * 9
+        grad_x, grad_w_hat, grad_b = _weight_backward(
+            ops, conv, grad_s, psi, causal, trpost_prev, x, trpre, std.weight, cfg,
+            ctx.needs_input_grad[0], ctx.has_bias and ctx.needs_input_grad[3])
+        grad_w, grad_gain = _through_standardization(ops, grad_w_hat, std, gain, ctx.needs_input_grad[1],
+                                                     ctx.needs_input_grad[2])
+        return (grad_x, grad_w, grad_gain, grad_b) + (None,) * 8
 
 
 class STLLRSequence(torch.autograd.Function):
@@ -98,107 +138,117 @@ class STLLRSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x_seq, weight, bias, v, trpost, trpre, beta, theta, cfg: RuleConfig,
-                conv: Optional[ConvGeometry], save_from: int):
+    def forward(ctx, x_seq, weight, gain, bias, std: Standardized, v, trpost, trpre, beta, theta,
+                cfg: RuleConfig, conv: Optional[ConvGeometry], save_from: int):
         ops = get_ops(x_seq.device)
         T, B = x_seq.shape[:2]
-        currents = _current(x_seq.flatten(0, 1), weight, bias, conv)
+        currents = _current(x_seq.flatten(0, 1), std.weight, bias, conv)
         currents = currents.view(T, B, *currents.shape[1:])
         trpre_saved, trpre_new = ops.trace_sequence(x_seq, trpre, cfg.lambda_pre, save_from)
         s_seq, v_new, trpost_new, psi_saved, trpost_prev_saved = ops.lif_sequence(
             currents, v, trpost, beta, theta, cfg, save_from)
         causal = s_seq[save_from:] if cfg.post == "spike" else None
-        ctx.save_for_backward(x_seq[save_from:], trpre_saved, trpost_prev_saved, psi_saved, causal,
-                              weight)
-        ctx.cfg, ctx.conv, ctx.has_bias, ctx.save_from = cfg, conv, bias is not None, save_from
-        ctx.x_shape = x_seq.shape
+        ctx.save_for_backward(x_seq[save_from:], trpre_saved, trpost_prev_saved, psi_saved, causal, gain)
+        ctx.std, ctx.cfg, ctx.conv, ctx.has_bias = std, cfg, conv, bias is not None
+        ctx.save_from, ctx.x_shape = save_from, x_seq.shape
         ctx.mark_non_differentiable(v_new, trpost_new, trpre_new)
+        ctx.set_materialize_grads(False)
         return s_seq, v_new, trpost_new, trpre_new
 
     @staticmethod
     def backward(ctx, grad_s_seq, _grad_v, _grad_trpost, _grad_trpre):
-        x, trpre, trpost_prev, psi, causal, weight = ctx.saved_tensors
-        cfg, conv, save_from = ctx.cfg, ctx.conv, ctx.save_from
-        _check_no_early_grad(grad_s_seq, save_from)
+        if grad_s_seq is None:
+            return (None,) * 13
+        x, trpre, trpost_prev, psi, causal, gain = ctx.saved_tensors
+        cfg, conv, save_from, std = ctx.cfg, ctx.conv, ctx.save_from, ctx.std
+        check_no_early_grad(grad_s_seq, save_from)
         ops = get_ops(grad_s_seq.device)
         grad_s = grad_s_seq[save_from:]
         causal = psi if causal is None else causal
-        D = grad_s.shape[0]
-        grad_x_loss, grad_w, grad_b = _weight_backward(
+        grad_x_loss, grad_w_hat, grad_b = _weight_backward(
             ops, conv, grad_s.flatten(0, 1), psi.flatten(0, 1), causal.flatten(0, 1),
-            trpost_prev.flatten(0, 1), x.flatten(0, 1), trpre.flatten(0, 1), weight, cfg,
-            ctx.needs_input_grad[0], ctx.has_bias and ctx.needs_input_grad[2])
-        grad_x = None
-        if grad_x_loss is not None:
-            grad_x = grad_x_loss.new_zeros(ctx.x_shape)
-            grad_x[save_from:] = grad_x_loss.view(D, *ctx.x_shape[1:])
-        return (grad_x, grad_w, grad_b) + (None,) * 8
+            trpost_prev.flatten(0, 1), x.flatten(0, 1), trpre.flatten(0, 1), std.weight, cfg,
+            ctx.needs_input_grad[0], ctx.has_bias and ctx.needs_input_grad[3])
+        grad_w, grad_gain = _through_standardization(ops, grad_w_hat, std, gain, ctx.needs_input_grad[1],
+                                                     ctx.needs_input_grad[2])
+        grad_x = _sequence_grad_x(grad_x_loss, ctx.x_shape, save_from)
+        return (grad_x, grad_w, grad_gain, grad_b) + (None,) * 9
 
 
-class ReadoutStep(torch.autograd.Function):
-    """One step of the readout ("accumulate") layer: v[t] = beta v[t-1] + W x[t] + b, output v[t].
+class RecurrentSTLLR(torch.autograd.Function):
+    """The recurrent S-TLLR layer over T steps of x_seq [T, B, K] (T = 1: one online step).
 
-    Backward: dW = L^T trpre[t], db = sum_b L, dx = L @ W (SPEC section 4).
+    Inputs: x, W, gain, b, W_rec, gain_rec (gains None without standardization), the cached
+    Standardized W and W_rec, the states s[-1], v+, trpost, trpre, trrec, beta, theta, cfg, save_from.
+    Outputs: s [T, B, N] (differentiable) and the new states v+, trpost, trpre, trrec.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, v, trpre, beta, lambda_pre: float):
-        ops = get_ops(x.device)
-        current = current_linear(x, weight, bias)
-        v_new = beta * v + current.to(state_dtype(current.dtype))
-        trpre_new = ops.pre_trace(trpre, x, lambda_pre)
-        ctx.save_for_backward(x, trpre_new, weight)
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(trpre_new)
-        return v_new, trpre_new
+    def forward(ctx, x_seq, weight, gain, bias, weight_rec, gain_rec, std: Standardized,
+                std_rec: Standardized, s_prev, v, trpost, trpre, trrec, beta, theta, cfg: RuleConfig,
+                save_from: int):
+        ops = get_ops(x_seq.device)
+        (s_seq, v_new, trpost_new, trpre_new, trrec_new, psi, trpost_prev, trpre_saved, s_prev_saved,
+         trrec_prev) = ops.recurrent_sequence(x_seq, std.weight, bias, std_rec.weight, s_prev, v, trpost,
+                                              trpre, trrec, beta, theta, cfg, save_from)
+        causal = s_seq[save_from:] if cfg.post == "spike" else None
+        ctx.save_for_backward(x_seq[save_from:], trpre_saved, trpost_prev, psi, causal, s_prev_saved,
+                              trrec_prev, gain, gain_rec)
+        ctx.std, ctx.std_rec, ctx.cfg, ctx.has_bias = std, std_rec, cfg, bias is not None
+        ctx.save_from, ctx.x_shape = save_from, x_seq.shape
+        ctx.mark_non_differentiable(v_new, trpost_new, trpre_new, trrec_new)
+        ctx.set_materialize_grads(False)
+        return s_seq, v_new, trpost_new, trpre_new, trrec_new
 
     @staticmethod
-    def backward(ctx, grad_v, _grad_trpre):
-        x, trpre, weight = ctx.saved_tensors
-        grad_x, grad_w, grad_b = get_ops(grad_v.device).linear_backward(
-            grad_v, None, None, None, x, trpre, weight, 0.0, 1.0, ctx.needs_input_grad[0],
-            ctx.has_bias and ctx.needs_input_grad[2])
-        return grad_x, grad_w, grad_b, None, None, None, None
+    def backward(ctx, grad_s_seq, *_grad_states):
+        if grad_s_seq is None:
+            return (None,) * 17
+        x, trpre, trpost_prev, psi, causal, s_prev, trrec_prev, gain, gain_rec = ctx.saved_tensors
+        cfg, save_from, needs = ctx.cfg, ctx.save_from, ctx.needs_input_grad
+        check_no_early_grad(grad_s_seq, save_from)
+        ops = get_ops(grad_s_seq.device)
+        grad_s = grad_s_seq[save_from:]
+        causal = psi if causal is None else causal
+        grad_x_loss, grad_w_hat, grad_b, grad_w_rec_hat = ops.recurrent_backward(
+            grad_s.flatten(0, 1), psi.flatten(0, 1), causal.flatten(0, 1), trpost_prev.flatten(0, 1),
+            x.flatten(0, 1), trpre.flatten(0, 1), s_prev.flatten(0, 1), trrec_prev.flatten(0, 1),
+            ctx.std.weight, ctx.std_rec.weight, cfg.alpha_post, cfg.alpha_pre, needs[0],
+            ctx.has_bias and needs[3])
+        grad_w, grad_gain = _through_standardization(ops, grad_w_hat, ctx.std, gain, needs[1], needs[2])
+        grad_w_rec, grad_gain_rec = _through_standardization(ops, grad_w_rec_hat, ctx.std_rec, gain_rec,
+                                                             needs[4], needs[5])
+        grad_x = _sequence_grad_x(grad_x_loss, ctx.x_shape, save_from)
+        return (grad_x, grad_w, grad_gain, grad_b, grad_w_rec, grad_gain_rec) + (None,) * 11
 
 
-class ReadoutSequence(torch.autograd.Function):
-    """All T steps of the readout layer; outputs v[t] for every step."""
+class ReadoutSTLLR(torch.autograd.Function):
+    """The readout ("accumulate") layer over T steps of x_seq [T, B, K] (T = 1: one online step):
+    v[t] = beta v[t-1] + W x[t] + b, output v [T, B, N].
+
+    Backward: dW = L^T trpre[t], db = sum_b L, dx = L @ W over the loss steps (SPEC section 4).
+    """
 
     @staticmethod
     def forward(ctx, x_seq, weight, bias, v, trpre, beta, lambda_pre: float, save_from: int):
-        ops = get_ops(x_seq.device)
-        currents = current_linear(x_seq, weight, bias)
-        sd = state_dtype(currents.dtype)
-        outs = []
-        for t in range(currents.shape[0]):  # a scan over T of [B, N] tensors: tiny next to the GEMM
-            v = beta * v + currents[t].to(sd)
-            outs.append(v)
-        trpre_saved, trpre_new = ops.trace_sequence(x_seq, trpre, lambda_pre, save_from)
+        v_seq, trpre_new, trpre_saved = get_ops(x_seq.device).readout_sequence(
+            x_seq, weight, bias, v, trpre, beta, lambda_pre, save_from)
         ctx.save_for_backward(x_seq[save_from:], trpre_saved, weight)
         ctx.has_bias, ctx.save_from, ctx.x_shape = bias is not None, save_from, x_seq.shape
         ctx.mark_non_differentiable(trpre_new)
-        return torch.stack(outs), trpre_new
+        ctx.set_materialize_grads(False)
+        return v_seq, trpre_new
 
     @staticmethod
     def backward(ctx, grad_v_seq, _grad_trpre):
+        if grad_v_seq is None:
+            return (None,) * 8
         x, trpre, weight = ctx.saved_tensors
         save_from = ctx.save_from
-        _check_no_early_grad(grad_v_seq, save_from)
+        check_no_early_grad(grad_v_seq, save_from)
         grad = grad_v_seq[save_from:]
         grad_x_loss, grad_w, grad_b = get_ops(grad.device).linear_backward(
             grad, None, None, None, x, trpre, weight, 0.0, 1.0, ctx.needs_input_grad[0],
             ctx.has_bias and ctx.needs_input_grad[2])
-        grad_x = None
-        if grad_x_loss is not None:
-            grad_x = grad_x_loss.new_zeros(ctx.x_shape)
-            grad_x[save_from:] = grad_x_loss
+        grad_x = _sequence_grad_x(grad_x_loss, ctx.x_shape, save_from)
         return grad_x, grad_w, grad_b, None, None, None, None, None
-
-
-def _check_no_early_grad(grad_seq: Tensor, save_from: int) -> None:
-    if save_from > 0 and bool(grad_seq[:save_from].ne(0).any()):
-        raise RuntimeError(
-            f"a loss reached a step before step {save_from} of the sequence, but the layer was run "
-            f"with loss_steps={grad_seq.shape[0] - save_from} and kept nothing for earlier steps; "
-            f"pass loss_steps covering every step that has a loss")
-

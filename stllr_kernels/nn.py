@@ -11,6 +11,8 @@ graph through time and use the Psi functions as surrogate gradients.
 """
 from __future__ import annotations
 
+import math
+from numbers import Integral
 from typing import Optional, Sequence
 
 import torch
@@ -21,10 +23,10 @@ from torch.nn.modules.utils import _pair
 
 from .config import (DEFAULT_LEAK, DEFAULT_PSI_CONV, DEFAULT_PSI_LINEAR, DEFAULT_THRESHOLD,
                      RuleConfig)
-from .functional import ConvGeometry, ReadoutSequence, ReadoutStep, STLLRSequence, STLLRStep
+from .functional import (ConvGeometry, ReadoutSTLLR, RecurrentSTLLR, Standardized, STLLRSequence,
+                         STLLRStep)
 from .psi import apply_psi, check_psi, check_reset
-from .backends import get_ops
-from .reference import beta_of, standardize_weight, state_dtype, theta_of
+from .reference import beta_of, standardize, standardize_weight, state_dtype, theta_of
 
 __all__ = ["LinearSTLLR", "LinearRecSTLLR", "Conv2dSTLLR", "SpikingDropout", "LIF", "WSLinear",
            "WSConv2d", "LinearRecLIF", "LeakyReadout", "reset_states", "spike_fn"]
@@ -50,11 +52,12 @@ class _Stateful:
                 setattr(self, name, fn(value))
         return module
 
-    def _state(self, name: str, shape, like: Tensor) -> Tensor:
-        """The state `name`, zeros at the start of a sequence; checks it fits this input."""
+    def _state(self, name: str, shape, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+        """The state `name`, zeros at the start of a sequence (in the state dtype unless `dtype`);
+        checks it fits this input."""
         value = getattr(self, name)
         if value is None:
-            value = torch.zeros(shape, dtype=state_dtype(like.dtype), device=like.device)
+            value = torch.zeros(shape, dtype=dtype or state_dtype(like.dtype), device=like.device)
             setattr(self, name, value)
         elif tuple(value.shape) != tuple(shape):
             raise RuntimeError(
@@ -76,12 +79,19 @@ def _check_input(layer: nn.Module, x, feature_shape: Sequence[Optional[int]]) ->
                          f"move one of them (.to(device))")
     if x.dtype != weight.dtype:
         raise TypeError(f"{cls}: input x has dtype {x.dtype} but the layer's weight has {weight.dtype}")
+    if x.dtype == torch.float16:
+        raise TypeError(f"{cls}: dtype torch.float16 is not supported: learning signals below float16's "
+                        f"range (about 6e-5) would vanish in the eligibility products; use torch.bfloat16 "
+                        f"(same range as float32) or torch.float32")
     n = len(feature_shape)
     wrong_rank = x.dim() not in (n + 1, n + 2)
     if wrong_rank or any(want is not None and got != want
                          for got, want in zip(x.shape[x.dim() - n:], feature_shape)):
         raise ValueError(f"{cls}: input x must have shape [B, {_fmt(feature_shape)}] (one step) or "
                          f"[T, B, {_fmt(feature_shape)}] (a sequence), got {tuple(x.shape)}")
+    if x.dim() == n + 2 and x.shape[0] == 0:
+        raise ValueError(f"{cls}: input x is a sequence of zero time steps (shape {tuple(x.shape)}); "
+                         f"a sequence [T, B, ...] needs T >= 1")
     return x.dim() == n + 2
 
 
@@ -90,21 +100,30 @@ def _fmt(shape) -> str:
 
 
 def _save_from(x_seq: Tensor, loss_steps: Optional[int]) -> int:
-    """First step that keeps what its backward needs: T - loss_steps (nothing under no_grad)."""
+    """First step that keeps what its backward needs: T - loss_steps (nothing under no_grad).
+
+    loss_steps None means every step may carry a loss."""
     T = x_seq.shape[0]
+    if loss_steps is not None and (isinstance(loss_steps, bool) or not isinstance(loss_steps, Integral)
+                                   or not 0 <= loss_steps <= T):
+        raise ValueError(f"loss_steps: expected an int in [0, T={T}] (the number of final steps that get "
+                         f"a loss), got {loss_steps!r}")
     if not torch.is_grad_enabled():
         return T
-    if loss_steps is None:
-        return 0
-    if int(loss_steps) < 0:
-        raise ValueError(f"loss_steps must be >= 0 (the number of final steps with a loss), got {loss_steps}")
-    return T - min(int(loss_steps), T)
+    return 0 if loss_steps is None else T - int(loss_steps)
 
 
 class _STLLRMixin(_Stateful):
     """The neuron parameters and rule settings shared by every S-TLLR layer."""
 
     def _init_neuron(self, threshold, leak, grad_tl, reset_mechanism, factors, psi, post):
+        for name, value in (("leak", leak), ("threshold", threshold)):
+            try:
+                finite = math.isfinite(float(value))
+            except (TypeError, ValueError):
+                raise TypeError(f"{type(self).__name__}: {name} must be a number, got {value!r}") from None
+            if not finite:
+                raise ValueError(f"{type(self).__name__}: {name} must be finite, got {value!r}")
         self.leak = nn.Parameter(torch.tensor(float(leak)), requires_grad=grad_tl)
         self.threshold = nn.Parameter(torch.tensor(float(threshold)), requires_grad=grad_tl)
         self.grad_tl = grad_tl
@@ -117,10 +136,35 @@ class _STLLRMixin(_Stateful):
         return (r.lambda_post, r.lambda_pre, r.alpha_post, r.alpha_pre)
 
     def _beta_theta(self):
-        # the fused step treats leak and threshold as constants, as the original does
-        with torch.no_grad():
-            dtype = state_dtype(self.leak.dtype)
-            return beta_of(self.leak.to(dtype)), theta_of(self.threshold.to(dtype))
+        """beta and theta, computed once while leak and threshold stay unchanged (the fused step
+        treats them as constants, as the original does)."""
+        key = _versions(self.leak, self.threshold)
+        cached = self.__dict__.get("_beta_theta_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                dtype = state_dtype(self.leak.dtype)
+                cached = (key, (beta_of(self.leak.to(dtype)), theta_of(self.threshold.to(dtype))))
+            self.__dict__["_beta_theta_cache"] = cached
+        return cached[1]
+
+    def _standardized(self, weight: Tensor, gain: Optional[Tensor]) -> Standardized:
+        """The weight as the steps use it, standardized once per sequence: recomputed at the first
+        step after reset_state() and whenever weight or gain changed in place (an optimizer step
+        inside the sequence), which their version counters tell without a host sync."""
+        if gain is None:
+            return Standardized(weight)
+        key = _versions(weight, gain)
+        caches = self.__dict__.setdefault("_standardized_cache", {})
+        cached = caches.get(id(weight))
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, Standardized(*standardize(weight, gain)))
+            caches[id(weight)] = cached
+        return cached[1]
+
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.__dict__.pop("_standardized_cache", None)
 
     def _rule_repr(self) -> str:
         r = self.rule
@@ -129,6 +173,11 @@ class _STLLRMixin(_Stateful):
 
 
 # ----------------------------------------------------------------------------- S-TLLR layers
+
+def _versions(*params: Tensor) -> tuple:
+    """What identifies the values of these tensors without reading them (no host sync)."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+
 
 class LinearSTLLR(_STLLRMixin, nn.Linear):
     """Linear S-TLLR layer (or, with accumulate=True, the non-spiking readout layer).
@@ -160,28 +209,26 @@ class LinearSTLLR(_STLLRMixin, nn.Linear):
     def forward(self, x: Tensor, loss_steps: Optional[int] = None) -> Tensor:
         sequence = _check_input(self, x, (self.in_features,))
         batch = x.shape[1] if sequence else x.shape[0]
-        weight = self.effective_weight()
         beta, theta = self._beta_theta()
         v = self._state("v", (batch, self.out_features), x)
         trpre = self._state("trpre", (batch, self.in_features), x)
         if self.accumulate:
-            if sequence:
-                out, trpre = ReadoutSequence.apply(x, weight, self.bias, v, trpre, beta,
-                                                   self.rule.lambda_pre, _save_from(x, loss_steps))
-                self.v = out[-1].detach()
-            else:
-                out, trpre = ReadoutStep.apply(x, weight, self.bias, v, trpre, beta, self.rule.lambda_pre)
-                self.v = out.detach()
-            self.trpre = trpre
+            x_seq = x if sequence else x.unsqueeze(0)
+            save_from = _save_from(x_seq, loss_steps if sequence else None)
+            out, self.trpre = ReadoutSTLLR.apply(x_seq, self.weight, self.bias, v, trpre, beta,
+                                                 self.rule.lambda_pre, save_from)
+            out = out if sequence else out.view(out.shape[1:])  # a view: no op, and none in the backward
+            self.v = (out[-1] if sequence else out).detach()
             return out
         trpost = self._state("trpost", (batch, self.out_features), x)
+        std = self._standardized(self.weight, self.gain)
         if sequence:
             s, self.v, self.trpost, self.trpre = STLLRSequence.apply(
-                x, weight, self.bias, v, trpost, trpre, beta, theta, self.rule, None,
-                _save_from(x, loss_steps))
+                x, self.weight, self.gain, self.bias, std, v, trpost, trpre, beta, theta, self.rule,
+                None, _save_from(x, loss_steps))
         else:
             s, self.v, self.trpost, self.trpre = STLLRStep.apply(
-                x, weight, self.bias, None, None, None, v, trpost, trpre, beta, theta, self.rule, None)
+                x, self.weight, self.gain, self.bias, std, v, trpost, trpre, beta, theta, self.rule, None)
         return s
 
     def extra_repr(self) -> str:
@@ -214,32 +261,24 @@ class LinearRecSTLLR(LinearSTLLR):
         return self.weight_rec
 
     def forward(self, x: Tensor, loss_steps: Optional[int] = None) -> Tensor:
-        if _check_input(self, x, (self.in_features,)):
-            # the recurrence forbids one GEMM over T: step through, keeping nothing before the loss steps
-            save_from = _save_from(x, loss_steps)
-            # standardize once per sequence, not once per step (same gradients: autograd sums
-            # the steps' weight gradients before the standardization's backward)
-            weights = (self.effective_weight(), self.effective_weight_rec())
-            outs = []
-            for t in range(x.shape[0]):
-                with torch.set_grad_enabled(torch.is_grad_enabled() and t >= save_from):
-                    outs.append(self._step(x[t], weights))
-            return torch.stack(outs)
-        return self._step(x)
-
-    def _step(self, x: Tensor, weights=None) -> Tensor:
-        batch = x.shape[0]
+        """One step x [B, K] or a sequence x [T, B, K] (then one input GEMM over all T, the
+        recurrence stepped inside one op, and one eligibility GEMM per weight over the loss steps)."""
+        sequence = _check_input(self, x, (self.in_features,))
+        x_seq = x if sequence else x.unsqueeze(0)
+        save_from = _save_from(x_seq, loss_steps if sequence else None)
+        batch = x_seq.shape[1]
         shape_n = (batch, self.out_features)
         v, trpost = self._state("v", shape_n, x), self._state("trpost", shape_n, x)
         trpre = self._state("trpre", (batch, self.in_features), x)
-        s_prev, trrec = self._state("s_prev", shape_n, x), self._state("trrec", shape_n, x)
+        trrec = self._state("trrec", shape_n, x)
+        s_prev = self._state("s_prev", shape_n, x, dtype=x.dtype)
         beta, theta = self._beta_theta()
-        weight, weight_rec = weights or (self.effective_weight(), self.effective_weight_rec())
-        s, self.v, self.trpost, self.trpre = STLLRStep.apply(
-            x, weight, self.bias, weight_rec, s_prev.to(x.dtype),
-            trrec, v, trpost, trpre, beta, theta, self.rule, None)
-        self.s_prev = s.detach().to(s_prev.dtype)
-        self.trrec = get_ops(x.device).pre_trace(trrec, self.s_prev, self.rule.lambda_pre)
+        s, self.v, self.trpost, self.trpre, self.trrec = RecurrentSTLLR.apply(
+            x_seq, self.weight, self.gain, self.bias, self.weight_rec, self.gain_rec,
+            self._standardized(self.weight, self.gain), self._standardized(self.weight_rec, self.gain_rec),
+            s_prev, v, trpost, trpre, trrec, beta, theta, self.rule, save_from)
+        s = s if sequence else s.view(s.shape[1:])  # a view: no op, and none in the backward
+        self.s_prev = (s[-1] if sequence else s).detach()
         return s
 
 
@@ -286,14 +325,14 @@ class Conv2dSTLLR(_STLLRMixin, nn.Conv2d):
         trpost = self._state("trpost", (batch, self.out_channels, *out_hw), x)
         trpre = self._state("trpre", tuple(x.shape[-4:]), x)
         beta, theta = self._beta_theta()
-        weight = self.effective_weight()
+        std = self._standardized(self.weight, self.gain)
         if sequence:
             s, self.v, self.trpost, self.trpre = STLLRSequence.apply(
-                x, weight, self.bias, v, trpost, trpre, beta, theta, self.rule, self.geometry,
-                _save_from(x, loss_steps))
+                x, self.weight, self.gain, self.bias, std, v, trpost, trpre, beta, theta, self.rule,
+                self.geometry, _save_from(x, loss_steps))
         else:
             s, self.v, self.trpost, self.trpre = STLLRStep.apply(
-                x, weight, self.bias, None, None, None, v, trpost, trpre, beta, theta, self.rule,
+                x, self.weight, self.gain, self.bias, std, v, trpost, trpre, beta, theta, self.rule,
                 self.geometry)
         return s
 

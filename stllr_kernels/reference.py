@@ -22,7 +22,7 @@ Tensor = torch.Tensor
 
 def state_dtype(dtype: torch.dtype) -> torch.dtype:
     """States (membrane, traces, psi) are kept in at least float32, whatever the input dtype."""
-    return torch.promote_types(dtype, torch.float32)
+    return torch.float64 if dtype == torch.float64 else torch.float32  # no dispatch, unlike promote_types
 
 
 def beta_of(leak: Tensor) -> Tensor:
@@ -35,13 +35,39 @@ def theta_of(threshold: Tensor) -> Tensor:
     return threshold.clamp(min=MIN_THRESHOLD)
 
 
-def standardize_weight(weight: Tensor, gain: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
-    """W_hat = gain * (W - mean_row) / sqrt(var_row * fan_in + eps), unbiased var over each row."""
+def standardize(weight: Tensor, gain: Tensor, eps: float = STANDARDIZE_EPS):
+    """Weight standardization (SPEC section 4) and what its backward needs: (W_hat, n, s) with
+    s = sqrt(var_row * fan_in + eps) (unbiased variance over each output row), n = (W - mean_row) / s
+    and W_hat = gain * n; s has the shape of gain ([N, 1, ...])."""
     flat = weight.flatten(1)
     fan_in = flat.shape[1]
     mean = flat.mean(dim=1).view(-1, *([1] * (weight.dim() - 1)))
     var = flat.var(dim=1, unbiased=True).view_as(mean)
-    return gain * (weight - mean) / torch.sqrt(var * fan_in + eps)
+    scale = torch.sqrt(var * fan_in + eps)
+    normalized = (weight - mean) / scale
+    return gain * normalized, normalized, scale
+
+
+def standardize_weight(weight: Tensor, gain: Tensor, eps: float = STANDARDIZE_EPS) -> Tensor:
+    """W_hat = gain * (W - mean_row) / sqrt(var_row * fan_in + eps), unbiased var over each row."""
+    return standardize(weight, gain, eps)[0]
+
+
+def standardize_backward(grad_w_hat: Tensor, normalized: Tensor, scale: Tensor, gain: Tensor):
+    """The backward of `standardize` in closed form, given dW_hat: returns (dW, dgain).
+
+        dgain = sum_row(G * n)
+        dz    = gain * (G - n * dgain * fan_in / (fan_in - 1)) / s      (z = W - mean_row)
+        dW    = dz - mean_row(dz)
+    """
+    sd = state_dtype(grad_w_hat.dtype)
+    dims = tuple(range(1, grad_w_hat.dim()))
+    fan_in = normalized[0].numel()
+    G, n = grad_w_hat.to(sd), normalized.to(sd)
+    grad_gain = (G * n).sum(dims, keepdim=True)
+    dz = gain.to(sd) * (G - n * (grad_gain * (fan_in / (fan_in - 1)))) / scale.to(sd)
+    grad_weight = dz - dz.mean(dims, keepdim=True)
+    return grad_weight.to(grad_w_hat.dtype), grad_gain.to(gain.dtype)
 
 
 # ----------------------------------------------------------------------------- forward ops
@@ -100,6 +126,53 @@ def trace_sequence(x: Tensor, trace: Tensor, decay: float, save_from: int):
     return _stack_or_empty(saved, x, trace), trace
 
 
+def recurrent_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_rec: Tensor,
+                       s_prev: Tensor, v: Tensor, trpost: Tensor, trpre: Tensor, trrec: Tensor,
+                       beta: Tensor, theta: Tensor, cfg: RuleConfig, save_from: int):
+    """The recurrent layer over all T steps of x [T, B, K] (SPEC sections 1-2, recurrent):
+    I[t] = W x[t] + b + W_rec s[t-1], the LIF step, trpre and trrec[t] = lambda_pre trrec[t-1] + s[t].
+
+    The input current is one GEMM over all T; only W_rec s[t-1] and the LIF are stepped. States in:
+    s[-1] (x's dtype), v+, trpost, trpre, trrec. Returns (s [T, B, N], v+, trpost, trpre, trrec,
+    then for the loss steps t >= save_from what the backward needs: psi[t], trpost[t-1], trpre[t],
+    s[t-1], trrec[t-1]). T = 1 is one online step.
+    """
+    currents = current_linear(x, weight, bias)
+    trpre_saved, trpre = trace_sequence(x, trpre, cfg.lambda_pre, save_from)
+    spikes, psis, prevs, s_prevs, trrec_prevs = [], [], [], [], []
+    for t in range(x.shape[0]):
+        current = currents[t] + current_linear(s_prev, weight_rec, None)
+        if t >= save_from:
+            prevs.append(trpost)
+            s_prevs.append(s_prev)
+            trrec_prevs.append(trrec)
+        s_prev, v, trpost, psi = lif_step(current, v, trpost, beta, theta, cfg)
+        trrec = pre_trace(trrec, s_prev, cfg.lambda_pre)
+        spikes.append(s_prev)
+        if t >= save_from:
+            psis.append(psi)
+    return (_stack_or_empty(spikes, currents, s_prev), v, trpost, trpre, trrec,
+            _stack_or_empty(psis, currents, v), _stack_or_empty(prevs, currents, v), trpre_saved,
+            _stack_or_empty(s_prevs, currents, s_prev), _stack_or_empty(trrec_prevs, currents, v))
+
+
+def readout_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], v: Tensor, trpre: Tensor,
+                     beta: Tensor, lambda_pre: float, save_from: int):
+    """The readout layer over all T steps of x [T, B, K] (SPEC section 4): v[t] = beta v[t-1] + W x[t] + b.
+
+    Returns (v [T, B, N] in the state dtype: the output, its last step the state; trpre[T-1];
+    trpre[save_from:]). One GEMM over all T, then the leaky scan.
+    """
+    currents = current_linear(x, weight, bias)
+    sd = state_dtype(currents.dtype)
+    outs = []
+    for t in range(x.shape[0]):
+        v = beta * v + currents[t].to(sd)
+        outs.append(v)
+    trpre_saved, trpre = trace_sequence(x, trpre, lambda_pre, save_from)
+    return _stack_or_empty(outs, currents, v), trpre, trpre_saved
+
+
 def _stack_or_empty(items, like_seq: Tensor, like_state: Tensor) -> Tensor:
     if items:
         return torch.stack(items)
@@ -136,6 +209,20 @@ def linear_backward(grad_s: Tensor, psi: Optional[Tensor], causal: Optional[Tens
         grad_x = (g_psi @ weight.to(sd)).to(x.dtype).view(*grad_s.shape[:-1], x.shape[-1])
     grad_b = g_psi.sum(0).to(weight.dtype) if needs_bias_grad else None
     return grad_x, grad_w.to(weight.dtype), grad_b
+
+
+def recurrent_backward(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tensor, x: Tensor,
+                       trpre: Tensor, s_prev: Tensor, trrec_prev: Tensor, weight: Tensor,
+                       weight_rec: Tensor, alpha_post: float, alpha_pre: float,
+                       needs_input_grad: bool = True, needs_bias_grad: bool = True):
+    """The S-TLLR backward of the recurrent layer: linear_backward for W (x, trpre) and the same
+    rule for W_rec with x -> s[t-1], trpre -> trrec[t-1] (no bias, nothing flows into s[t-1]).
+    Returns (dx, dW, db, dW_rec); leading dims are the batch (D x B rows in the time-fused mode)."""
+    grad_x, grad_w, grad_b = linear_backward(grad_s, psi, causal, trpost_prev, x, trpre, weight,
+                                             alpha_post, alpha_pre, needs_input_grad, needs_bias_grad)
+    _, grad_w_rec, _ = linear_backward(grad_s, psi, causal, trpost_prev, s_prev, trrec_prev, weight_rec,
+                                       alpha_post, alpha_pre, False, False)
+    return grad_x, grad_w, grad_b, grad_w_rec
 
 
 def conv_backward(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tensor, x: Tensor,

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import backend
+from conftest import backend, tol
 
 from benchmarks import common, macs, memory, networks, summary, train_step
 from stllr_kernels.nn import LinearRecSTLLR, LinearSTLLR
@@ -28,7 +28,7 @@ def test_naive_outer_product_matches_the_package(seed):
     for name, p in fast.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(dict(naive.named_parameters())[name].grad, p.grad,
-                                       msg=f"gradient of {name}")
+                                       **tol(torch.float32, B * T * K), msg=f"gradient of {name}")
     assert fast.weight_rec.grad.abs().sum() > 0  # the recurrent term was exercised
 
 

@@ -329,7 +329,7 @@ def test_layer_actually_uses_the_cpu_backend(monkeypatch):
 @needs_ext
 def test_readout_step_gradcheck_float64(seed):
     """With lambda_pre = 0 the readout's rule is the exact gradient, so gradcheck can judge it."""
-    from stllr_kernels.functional import ReadoutStep
+    from stllr_kernels.functional import ReadoutSTLLR
 
     x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
@@ -338,7 +338,7 @@ def test_readout_step_gradcheck_float64(seed):
     beta = torch.tensor(0.7)
     with backend("cpu"):
         assert torch.autograd.gradcheck(
-            lambda x_, w_, b_: ReadoutStep.apply(x_, w_, b_, v, trpre, beta, 0.0)[0], (x, weight, bias))
+            lambda x_, w_, b_: ReadoutSTLLR.apply(x_[None], w_, b_, v, trpre, beta, 0.0, 0)[0], (x, weight, bias))
 
 
 # ----------------------------------------------------------------------------- dispatcher checks

@@ -177,7 +177,7 @@ def test_layers_do_not_link_steps():
     (lambda: LinearSTLLR(4, 3, reset_mechanism="zero"), "reset_mechanism: unknown reset mode"),
     (lambda: Conv2dSTLLR(2, 3, 4, padding="same"), "padding='same'"),
     (lambda: SpikingDropout(1.5), "p must be in"),
-    (lambda: LinearSTLLR(4, 3)(torch.rand(3, 2, 4), loss_steps=-1), "loss_steps must be >= 0"),
+    (lambda: LinearSTLLR(4, 3)(torch.rand(3, 2, 4), loss_steps=-1), "loss_steps: expected an int in \\[0, T=3\\]"),
 ])
 def test_bad_input_gets_a_clear_error(bad, match):
     with pytest.raises((ValueError, TypeError, RuntimeError), match=match):

@@ -45,10 +45,15 @@ void launch_products(const Products& p) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+}  // namespace
+
+// also used by the recurrent backward (recurrent.cu)
 void eligibility_products_cuda(const Products& p) {
   if (p.L.scalar_type() == at::kDouble) launch_products<double>(p);
   else launch_products<float>(p);
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
     const at::Tensor& grad_s, const std::optional<at::Tensor>& psi,

@@ -102,6 +102,31 @@ def linear_backward(grad_s: Tensor, psi: Optional[Tensor], causal: Optional[Tens
     return (dx if needs_input_grad else None), dw, (db if needs_bias_grad else None)
 
 
+def standardize_backward(grad_w_hat: Tensor, normalized: Tensor, scale: Tensor, gain: Tensor):
+    return tuple(torch.ops.stllr.standardize_backward(grad_w_hat, normalized, scale, gain))
+
+
+def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
+                       cfg: RuleConfig, save_from: int):
+    return tuple(torch.ops.stllr.recurrent_sequence(
+        x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta, cfg.lambda_post,
+        cfg.lambda_pre, *_codes(cfg), int(save_from)))
+
+
+def readout_sequence(x, weight, bias, v, trpre, beta, lambda_pre: float, save_from: int):
+    return tuple(torch.ops.stllr.readout_sequence(x, weight, bias, v, trpre, beta, float(lambda_pre),
+                                                  int(save_from)))
+
+
+def recurrent_backward(grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec_prev, weight, weight_rec,
+                       alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
+                       needs_bias_grad: bool = True):
+    dx, dw, db, dw_rec = torch.ops.stllr.recurrent_backward(
+        grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec_prev, weight, weight_rec,
+        float(alpha_post), float(alpha_pre), bool(needs_input_grad), bool(needs_bias_grad))
+    return (dx if needs_input_grad else None), dw, (db if needs_bias_grad else None), dw_rec
+
+
 def conv_backward(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tensor, x: Tensor,
                   trpre: Tensor, weight: Tensor, stride, padding, dilation, groups: int,
                   alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
@@ -133,27 +158,23 @@ def _pair(value, name: str) -> list[int]:
 
 # ----------------------------------------------------------------------------- fake kernels
 
-def _state(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
-
-
 def _register_fakes() -> None:
     register = torch.library.register_fake
 
     @register("stllr::lif_step")
     def _lif_step(current, v, trpost, beta, theta, lambda_post, psi, reset, post):
-        sd = _state(current.dtype)
+        sd = reference.state_dtype(current.dtype)
         shape = current.shape
         return (current.new_empty(shape), current.new_empty(shape, dtype=sd),
                 current.new_empty(shape, dtype=sd), current.new_empty(shape, dtype=sd))
 
     @register("stllr::pre_trace")
     def _pre_trace(trpre, x, lambda_pre):
-        return x.new_empty(x.shape, dtype=_state(x.dtype))
+        return x.new_empty(x.shape, dtype=reference.state_dtype(x.dtype))
 
     @register("stllr::lif_sequence")
     def _lif_sequence(currents, v, trpost, beta, theta, lambda_post, psi, reset, post, save_from):
-        sd = _state(currents.dtype)
+        sd = reference.state_dtype(currents.dtype)
         steps, state_shape = currents.shape[0], currents.shape[1:]
         saved = (steps - min(save_from, steps), *state_shape)
         return (currents.new_empty(currents.shape), currents.new_empty(state_shape, dtype=sd),
@@ -162,7 +183,7 @@ def _register_fakes() -> None:
 
     @register("stllr::trace_sequence")
     def _trace_sequence(x, trace, decay, save_from):
-        sd = _state(x.dtype)
+        sd = reference.state_dtype(x.dtype)
         steps = x.shape[0]
         return (x.new_empty((steps - min(save_from, steps), *x.shape[1:]), dtype=sd),
                 x.new_empty(x.shape[1:], dtype=sd))
@@ -174,6 +195,37 @@ def _register_fakes() -> None:
         dx = x.new_empty((*grad_s.shape[:-1], k)) if needs_input_grad else x.new_empty((0,))
         db = weight.new_empty((n,)) if needs_bias_grad else weight.new_empty((0,))
         return dx, weight.new_empty((n, k)), db
+
+    @register("stllr::recurrent_sequence")
+    def _recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
+                            lambda_post, lambda_pre, psi, reset, post, save_from):
+        sd = reference.state_dtype(x.dtype)
+        steps, batch, n = x.shape[0], x.shape[1], weight_rec.shape[0]
+        saved = (steps - min(save_from, steps), batch, n)
+        state = lambda: x.new_empty((batch, n), dtype=sd)  # noqa: E731
+        return (x.new_empty((steps, batch, n)), state(), state(), x.new_empty(x.shape[1:], dtype=sd), state(),
+                x.new_empty(saved, dtype=sd), x.new_empty(saved, dtype=sd),
+                x.new_empty((saved[0], *x.shape[1:]), dtype=sd), x.new_empty(saved),
+                x.new_empty(saved, dtype=sd))
+
+    @register("stllr::readout_sequence")
+    def _readout_sequence(x, weight, bias, v, trpre, beta, lambda_pre, save_from):
+        sd = reference.state_dtype(x.dtype)
+        steps = x.shape[0]
+        return (x.new_empty((steps, x.shape[1], weight.shape[0]), dtype=sd), x.new_empty(x.shape[1:], dtype=sd),
+                x.new_empty((steps - min(save_from, steps), *x.shape[1:]), dtype=sd))
+
+    @register("stllr::recurrent_backward")
+    def _recurrent_backward(grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec_prev, weight,
+                            weight_rec, alpha_post, alpha_pre, needs_input_grad, needs_bias_grad):
+        n, k = weight.shape
+        dx = x.new_empty((*grad_s.shape[:-1], k)) if needs_input_grad else x.new_empty((0,))
+        db = weight.new_empty((n,)) if needs_bias_grad else weight.new_empty((0,))
+        return dx, weight.new_empty((n, k)), db, weight_rec.new_empty(weight_rec.shape)
+
+    @register("stllr::standardize_backward")
+    def _standardize_backward(grad_w_hat, normalized, scale, gain):
+        return grad_w_hat.new_empty(grad_w_hat.shape), gain.new_empty(gain.shape)
 
     @register("stllr::conv_backward")
     def _conv_backward(grad_s, psi, causal, trpost_prev, x, trpre, weight, stride, padding, dilation,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..reference import (conv_backward, lif_sequence, lif_step, linear_backward, pre_trace,  # noqa: F401
+                         readout_sequence, recurrent_backward, recurrent_sequence, standardize_backward,
                          trace_sequence)
 
 

@@ -3,10 +3,11 @@
 Runs on CUDA GPUs; on a CPU only in Triton's interpreter (TRITON_INTERPRET=1 set before this module
 is imported), which is how the tests check it. Importing this module never fails: without Triton the
 ops raise BackendUnavailable and `unavailable_reason` says why. Inputs may be float32, bfloat16 or
-float16 (states in float32); float64 inputs run the reference ops (see _float64_runs_reference).
+float16 (states in float32); float64 inputs run the reference ops (see _launcher), and every launch runs under a device guard.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Optional
@@ -23,17 +24,25 @@ else:
     _IMPORT_ERROR = None
 
 
-def _float64_runs_reference(op):
-    """float64 inputs run the reference op instead: the kernels keep float32 state and take their
-    factors as float32 scalars, which float64 tolerances would not forgive."""
+def _device_guard(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' device (`--device cuda:1`,
+    one DDP rank per GPU), as the C++ ops' CUDAGuard does."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launcher(op):
+    """Every op of this backend: float64 inputs run the reference op instead (the kernels keep
+    float32 state and take their factors as float32 scalars, which float64 tolerances would not
+    forgive); the kernels launch under a guard on the first tensor argument's device."""
     reference_op = getattr(reference, op.__name__)
 
     @functools.wraps(op)
     def dispatch(*args, **kwargs):
-        if any(isinstance(a, torch.Tensor) and a.dtype == torch.float64
-               for a in (*args, *kwargs.values())):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if any(t.dtype == torch.float64 for t in tensors):
             return reference_op(*args, **kwargs)
-        return op(*args, **kwargs)
+        with _device_guard(tensors[0].device if tensors else torch.device("cpu")):
+            return op(*args, **kwargs)
     return dispatch
 
 
@@ -41,12 +50,15 @@ if _IMPORT_ERROR is None:
     from .triton.common import INTERPRETED
     from .triton.conv import conv_backward
     from .triton.eligibility import linear_backward
-    from .triton.lif import lif_step
-    from .triton.sequence import lif_sequence
+    from .triton.lif import lif_sequence, lif_step
     from .triton.trace import pre_trace, trace_sequence
-    (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward) = map(
-        _float64_runs_reference,
-        (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward))
+    from .triton.recurrent import readout_sequence, recurrent_backward, recurrent_sequence
+    from .triton.standardize import standardize_backward
+    (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
+     recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward) = map(
+        _launcher,
+        (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
+         recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward))
 else:
     INTERPRETED = False
 
@@ -55,9 +67,11 @@ else:
         raise BackendUnavailable(f"backend 'triton' cannot run: {_IMPORT_ERROR}")
 
     lif_step = pre_trace = lif_sequence = trace_sequence = linear_backward = conv_backward = _missing
+    recurrent_sequence = readout_sequence = recurrent_backward = standardize_backward = _missing
 
 __all__ = ["lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward",
-           "conv_backward", "unavailable_reason"]
+           "conv_backward", "recurrent_sequence", "readout_sequence", "recurrent_backward",
+           "standardize_backward", "unavailable_reason"]
 
 
 def unavailable_reason(name: str, device_type: str) -> Optional[str]:

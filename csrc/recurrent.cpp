@@ -1,0 +1,246 @@
+// The recurrent and readout layers (reference.recurrent_sequence / readout_sequence /
+// recurrent_backward), shared by the CPU and CUDA backends: the GEMMs go through ATen (one input
+// GEMM over all T; per step one s[t-1] @ W_rec^T), the per-step element-wise work through a
+// device-specific function (CPU here, CUDA in cuda/recurrent.cu): recurrent add + LIF + post trace
+// + recurrent trace in one pass over the neurons.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include "stllr.h"
+
+namespace stllr {
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> trace_sequence_op(const at::Tensor& x, const at::Tensor& trace, double decay,
+                                                     int64_t save_from) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("stllr::trace_sequence", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                       double, int64_t)>();
+  return op.call(x, trace, decay, save_from);
+}
+
+// W x[t] + b for all T steps at once: [T, B, N] in x's dtype, contiguous.
+at::Tensor input_currents(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          int64_t N) {
+  check_floating(weight, "weight");
+  check_same_device(weight, x, "weight");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == N && weight.size(1) == x.size(2), "weight: expected shape [",
+              N, ", ", x.size(2), "], got ", weight.sizes());
+  if (bias.has_value() && bias->defined()) {
+    check_same_device(*bias, x, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, "bias: expected shape [", N, "], got ", bias->sizes());
+  }
+  return at::linear(x, weight, bias).contiguous();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor>
+recurrent_sequence_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        const at::Tensor& weight_rec, const at::Tensor& s_prev, const at::Tensor& v,
+                        const at::Tensor& trpost, const at::Tensor& trpre, const at::Tensor& trrec,
+                        const at::Tensor& beta, const at::Tensor& theta, double lambda_post, double lambda_pre,
+                        int64_t psi, int64_t reset, int64_t post, int64_t save_from, RecurrentStepFn step) {
+  check_floating(x, "x");
+  TORCH_CHECK(x.dim() == 3, "x: expected a sequence [T, B, K], got shape ", x.sizes());
+  check_lif_codes(psi, reset, post);
+  check_floating(weight_rec, "weight_rec");
+  check_same_device(weight_rec, x, "weight_rec");
+  const int64_t T = x.size(0), B = x.size(1), N = weight_rec.size(0);
+  TORCH_CHECK(weight_rec.dim() == 2 && weight_rec.size(1) == N, "weight_rec: expected a square [N, N], got ",
+              weight_rec.sizes());
+  const auto sd = state_dtype(x.scalar_type());
+  const int64_t sf = check_save_from(save_from, T), D = T - sf;
+  const std::vector<int64_t> bn = {B, N};
+  at::Tensor currents = input_currents(x, weight, bias, N);
+  auto [trpre_saved, trpre_new] = trace_sequence_op(x, trpre, lambda_pre, sf);
+  RecurrentStep st;
+  st.v = state_like(v, bn, x, sd, "v").clone();
+  st.trpost = state_like(trpost, bn, x, sd, "trpost").clone();
+  st.trrec = state_like(trrec, bn, x, sd, "trrec").clone();
+  at::Tensor sp = state_like(s_prev, bn, x, x.scalar_type(), "s_prev");
+  st.beta = check_scalar_tensor(beta, x, sd, "beta");
+  st.theta = check_scalar_tensor(theta, x, sd, "theta");
+  st.lambda_post = lambda_post;
+  st.lambda_pre = lambda_pre;
+  st.psi_code = psi;
+  st.reset = reset;
+  st.post = post;
+  at::Tensor s_seq = at::empty({T, B, N}, x.options());
+  at::Tensor psi_saved = at::empty({D, B, N}, st.v.options());
+  at::Tensor prev_saved = at::empty({D, B, N}, st.v.options());
+  at::Tensor trrec_saved = at::empty({D, B, N}, st.v.options());
+  at::Tensor sp_saved = at::empty({D, B, N}, x.options());
+  const at::Tensor w_rec_t = weight_rec.to(x.scalar_type()).t();
+  for (int64_t t = 0; t < T && B * N > 0; ++t) {
+    st.current = currents[t];
+    st.rec = at::mm(sp, w_rec_t);
+    st.s_prev = sp;
+    st.s = s_seq[t];
+    const bool save = t >= sf;
+    st.psi = save ? psi_saved[t - sf] : at::Tensor();
+    st.prev = save ? prev_saved[t - sf] : at::Tensor();
+    st.s_prev_saved = save ? sp_saved[t - sf] : at::Tensor();
+    st.trrec_prev = save ? trrec_saved[t - sf] : at::Tensor();
+    step(st);
+    sp = st.s;
+  }
+  return {s_seq, st.v, st.trpost, trpre_new, st.trrec, psi_saved, prev_saved, trpre_saved, sp_saved, trrec_saved};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> readout_sequence_impl(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& v,
+    const at::Tensor& trpre, const at::Tensor& beta, double lambda_pre, int64_t save_from, LeakyScanFn scan) {
+  check_floating(x, "x");
+  TORCH_CHECK(x.dim() == 3, "x: expected a sequence [T, B, K], got shape ", x.sizes());
+  const int64_t T = x.size(0), B = x.size(1), N = weight.dim() == 2 ? weight.size(0) : -1;
+  const auto sd = state_dtype(x.scalar_type());
+  const int64_t sf = check_save_from(save_from, T);
+  at::Tensor currents = input_currents(x, weight, bias, N);
+  at::Tensor v_state = state_like(v, {B, N}, x, sd, "v");
+  at::Tensor b = check_scalar_tensor(beta, x, sd, "beta");
+  at::Tensor out = at::empty({T, B, N}, v_state.options());
+  if (T > 0 && B * N > 0) scan(currents.view({T, B * N}), v_state.view({B * N}), b, out.view({T, B * N}));
+  auto [trpre_saved, trpre_new] = trace_sequence_op(x, trpre, lambda_pre, sf);
+  return {out, trpre_new, trpre_saved};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_impl(
+    const at::Tensor& grad_s, const at::Tensor& psi, const at::Tensor& causal, const at::Tensor& trpost_prev,
+    const at::Tensor& x, const at::Tensor& trpre, const at::Tensor& s_prev, const at::Tensor& trrec_prev,
+    const at::Tensor& weight, const at::Tensor& weight_rec, double alpha_post, double alpha_pre,
+    bool needs_input_grad, bool needs_bias_grad, ProductsFn products) {
+  auto [grad_x, grad_w, grad_b] = linear_backward_impl(grad_s, psi, causal, trpost_prev, x, trpre, weight,
+                                                       alpha_post, alpha_pre, needs_input_grad, needs_bias_grad,
+                                                       products);
+  auto rec = linear_backward_impl(grad_s, psi, causal, trpost_prev, s_prev, trrec_prev, weight_rec, alpha_post,
+                                  alpha_pre, false, false, products);
+  return {grad_x, grad_w, grad_b, std::get<1>(rec)};
+}
+
+namespace {
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <int PSI, int RESET, int POST, bool SAVE, typename scalar_t, typename acc_t>
+void recurrent_step_range(const scalar_t* __restrict__ cur, const scalar_t* __restrict__ rec,
+                          const scalar_t* __restrict__ sp, acc_t* v, acc_t* tr, acc_t* trrec,
+                          scalar_t* __restrict__ s, acc_t* __restrict__ psi, acc_t* __restrict__ prev,
+                          scalar_t* __restrict__ sp_saved, acc_t* __restrict__ trrec_prev, int64_t n,
+                          acc_t beta, acc_t theta, acc_t lambda_post, acc_t lambda_pre) {
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t current = cur[i] + rec[i];  // rounded to the input dtype, as the reference adds
+    const acc_t tr_old = tr[i], trrec_old = trrec[i];
+    const LifUpdate<PSI, RESET, POST, acc_t> up(static_cast<acc_t>(current), v[i], tr_old, beta, theta,
+                                                lambda_post);
+    s[i] = static_cast<scalar_t>(up.spike);
+    v[i] = up.v;
+    tr[i] = up.trpost;
+    trrec[i] = lambda_pre * trrec_old + up.spike;
+    if constexpr (SAVE) {
+      psi[i] = up.psi;
+      prev[i] = tr_old;
+      sp_saved[i] = sp[i];
+      trrec_prev[i] = trrec_old;
+    }
+  }
+}
+
+void recurrent_step_cpu(const RecurrentStep& st) {
+  const int64_t n = st.s.numel();
+  const bool save = st.psi.defined();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st.s.scalar_type(), "recurrent_step_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t b = st.beta.item<acc_t>(), th = st.theta.item<acc_t>();
+    const acc_t lam_post = static_cast<acc_t>(st.lambda_post), lam_pre = static_cast<acc_t>(st.lambda_pre);
+    const scalar_t *cur = st.current.const_data_ptr<scalar_t>(), *rec = st.rec.const_data_ptr<scalar_t>(),
+                   *sp = st.s_prev.const_data_ptr<scalar_t>();
+    acc_t *v = st.v.mutable_data_ptr<acc_t>(), *tr = st.trpost.mutable_data_ptr<acc_t>(),
+          *trrec = st.trrec.mutable_data_ptr<acc_t>();
+    scalar_t* s = st.s.mutable_data_ptr<scalar_t>();
+    acc_t* psi = save ? st.psi.mutable_data_ptr<acc_t>() : nullptr;
+    acc_t* prev = save ? st.prev.mutable_data_ptr<acc_t>() : nullptr;
+    scalar_t* sp_saved = save ? st.s_prev_saved.mutable_data_ptr<scalar_t>() : nullptr;
+    acc_t* trrec_prev = save ? st.trrec_prev.mutable_data_ptr<acc_t>() : nullptr;
+    dispatch_lif_config(st.psi_code, st.reset, st.post, [&](auto P, auto R, auto Q) {
+      at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
+        constexpr int p = decltype(P)::value, r = decltype(R)::value, q = decltype(Q)::value;
+        if (save) {
+          recurrent_step_range<p, r, q, true>(cur + begin, rec + begin, sp + begin, v + begin, tr + begin,
+                                              trrec + begin, s + begin, psi + begin, prev + begin,
+                                              sp_saved + begin, trrec_prev + begin, end - begin, b, th, lam_post,
+                                              lam_pre);
+        } else {
+          recurrent_step_range<p, r, q, false>(cur + begin, rec + begin, sp + begin, v + begin, tr + begin,
+                                               trrec + begin, s + begin, psi, prev, sp_saved, trrec_prev,
+                                               end - begin, b, th, lam_post, lam_pre);
+        }
+      });
+    });
+  });
+}
+
+void leaky_scan_cpu(const at::Tensor& currents, const at::Tensor& v, const at::Tensor& beta, const at::Tensor& out) {
+  const int64_t T = currents.size(0), n = currents.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, currents.scalar_type(), "leaky_scan_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t b = beta.item<acc_t>();
+    const scalar_t* cur = currents.const_data_ptr<scalar_t>();
+    const acc_t* v0 = v.const_data_ptr<acc_t>();
+    acc_t* o = out.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, n, kGrainSize / std::max<int64_t>(T, 1) + 1, [&](int64_t begin, int64_t end) {
+      const acc_t* prev = v0;
+      for (int64_t t = 0; t < T; ++t) {
+        const scalar_t* c = cur + t * n;
+        acc_t* row = o + t * n;
+        for (int64_t i = begin; i < end; ++i) row[i] = b * prev[i] + static_cast<acc_t>(c[i]);
+        prev = row;
+      }
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor, at::Tensor>
+recurrent_sequence_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       const at::Tensor& weight_rec, const at::Tensor& s_prev, const at::Tensor& v,
+                       const at::Tensor& trpost, const at::Tensor& trpre, const at::Tensor& trrec,
+                       const at::Tensor& beta, const at::Tensor& theta, double lambda_post, double lambda_pre,
+                       int64_t psi, int64_t reset, int64_t post, int64_t save_from) {
+  return recurrent_sequence_impl(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
+                                 lambda_post, lambda_pre, psi, reset, post, save_from, &recurrent_step_cpu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> readout_sequence_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& v,
+    const at::Tensor& trpre, const at::Tensor& beta, double lambda_pre, int64_t save_from) {
+  return readout_sequence_impl(x, weight, bias, v, trpre, beta, lambda_pre, save_from, &leaky_scan_cpu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_cpu(
+    const at::Tensor& grad_s, const at::Tensor& psi, const at::Tensor& causal, const at::Tensor& trpost_prev,
+    const at::Tensor& x, const at::Tensor& trpre, const at::Tensor& s_prev, const at::Tensor& trrec_prev,
+    const at::Tensor& weight, const at::Tensor& weight_rec, double alpha_post, double alpha_pre,
+    bool needs_input_grad, bool needs_bias_grad) {
+  return recurrent_backward_impl(grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec_prev, weight,
+                                 weight_rec, alpha_post, alpha_pre, needs_input_grad, needs_bias_grad,
+                                 &eligibility_products_cpu);
+}
+
+}  // namespace
+}  // namespace stllr
+
+TORCH_LIBRARY_IMPL(stllr, CPU, m) {
+  m.impl("recurrent_sequence", &stllr::recurrent_sequence_cpu);
+  m.impl("readout_sequence", &stllr::readout_sequence_cpu);
+  m.impl("recurrent_backward", &stllr::recurrent_backward_cpu);
+}

@@ -1,0 +1,180 @@
+"""recurrent_sequence, readout_sequence, recurrent_backward: the recurrent and readout layers.
+
+recurrent_sequence: the input current of all T steps is one GEMM (torch); then one launch per step
+of `_recurrent_step_kernel`, a GEMM s[t-1] @ W_rec^T whose epilogue adds the input current and runs
+the LIF step, the post trace and the recurrent trace on the tile in registers (nothing of the
+recurrent current goes to memory). readout_sequence: one GEMM, then `_leaky_scan_kernel` walks
+v = beta v + I over T with v in registers. recurrent_backward: the eligibility GEMM of W and of
+W_rec over all loss rows (eligibility.py), one launch each.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ...config import RuleConfig
+from ...psi import PSI_CODES
+from ...reference import state_dtype
+from .common import (INTERPRETED, check_save_from, check_scalar, check_tensor, dot_config, flat, lif_update,
+                     sequence_configs)
+from .eligibility import linear_backward
+from .trace import trace_sequence
+
+
+@triton.jit
+def _recurrent_step_kernel(
+    # pointers: inputs (I[t] [B, N], s[t-1] [B, N], W_rec [N, N], beta, theta)
+    cur_ptr, sp_ptr, wr_ptr, beta_ptr, theta_ptr,
+    # pointers: states [B, N] updated in place, then outputs
+    v_ptr, tr_ptr, trrec_ptr, s_ptr, psi_ptr, prev_ptr, sp_save_ptr, trrec_save_ptr,
+    # sizes and strides of W_rec
+    B, N, s_wn, s_wk,
+    # factors
+    lambda_post, lambda_pre,
+    # meta-parameters
+    PSI: tl.constexpr, SOFT_RESET: tl.constexpr, POST_SPIKE: tl.constexpr, SAVE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """Tile (b, n) of one recurrent step: acc = s[t-1] @ W_rec^T, then the epilogue
+    I = I_in + acc (rounded to I's dtype, as the reference adds), LIF, trpost, and
+    trrec = lambda_pre * trrec + s. SAVE writes psi[t], trpost[t-1], s[t-1], trrec[t-1]."""
+    rb = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rn = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rr0 = tl.arange(0, BLOCK_R).to(tl.int64)
+    mask_b = rb < B
+    mask_n = rn < N
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    for r0 in range(0, N, BLOCK_R):
+        rr = r0 + rr0
+        a = tl.load(sp_ptr + rb[:, None] * N + rr[None, :], mask=mask_b[:, None] & (rr[None, :] < N), other=0.0)
+        w = tl.load(wr_ptr + rn[None, :] * s_wn + rr[:, None] * s_wk, mask=(rr[:, None] < N) & mask_n[None, :],
+                    other=0.0)
+        acc = tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
+    offs = rb[:, None] * N + rn[None, :]
+    m = mask_b[:, None] & mask_n[None, :]
+    v = tl.load(v_ptr + offs, mask=m, other=0.0)
+    tr = tl.load(tr_ptr + offs, mask=m, other=0.0)
+    trrec = tl.load(trrec_ptr + offs, mask=m, other=0.0)
+    cur_ty = cur_ptr.dtype.element_ty
+    cur_in = tl.load(cur_ptr + offs, mask=m, other=0.0)
+    rec = acc.to(cur_ty, fp_downcast_rounding="rtne").to(tl.float32)
+    cur = (cur_in.to(tl.float32) + rec).to(cur_ty, fp_downcast_rounding="rtne").to(v.dtype)
+    beta = tl.load(beta_ptr).to(v.dtype)
+    theta = tl.load(theta_ptr).to(v.dtype)
+    spike, v_new, tr_new, psi = lif_update(cur, v, tr, beta, theta, lambda_post, PSI, SOFT_RESET, POST_SPIKE)
+    if SAVE:
+        tl.store(psi_ptr + offs, psi, mask=m)
+        tl.store(prev_ptr + offs, tr, mask=m)
+        tl.store(trrec_save_ptr + offs, trrec, mask=m)
+        tl.store(sp_save_ptr + offs, tl.load(sp_ptr + offs, mask=m, other=0.0), mask=m)
+    tl.store(s_ptr + offs, spike.to(s_ptr.dtype.element_ty), mask=m)
+    tl.store(v_ptr + offs, v_new, mask=m)
+    tl.store(tr_ptr + offs, tr_new, mask=m)
+    tl.store(trrec_ptr + offs, lambda_pre * trrec + spike, mask=m)
+
+
+@triton.autotune(configs=sequence_configs(), key=["n", "T"])
+@triton.jit
+def _leaky_scan_kernel(cur_ptr, v_ptr, beta_ptr, out_ptr, n, T, BLOCK: tl.constexpr):
+    """out[t] = beta * out[t-1] + I[t] (out[-1] = v) over currents [T, n]; v stays in registers."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+    beta = tl.load(beta_ptr).to(v.dtype)
+    cur_ptrs = cur_ptr + offs
+    out_ptrs = out_ptr + offs
+    for _ in range(0, T):
+        v = beta * v + tl.load(cur_ptrs, mask=mask, other=0.0).to(v.dtype)
+        tl.store(out_ptrs, v, mask=mask)
+        cur_ptrs += n
+        out_ptrs += n
+
+
+def _step_blocks():
+    """(BLOCK_B, BLOCK_N, BLOCK_R, warps) of the recurrent step: fixed (the states are updated in
+    place, which autotuning would have to restore between trials)."""
+    return (32, 32, 32, 4) if INTERPRETED else (64, 64, 32, 4)
+
+
+def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
+                       cfg: RuleConfig, save_from: int):
+    """reference.recurrent_sequence: one input GEMM, then one fused launch per step."""
+    check_tensor("x", x)
+    if x.dim() != 3:
+        raise ValueError(f"x: expected a sequence [T, B, K], got shape {tuple(x.shape)}")
+    T, B, K = x.shape
+    check_tensor("weight_rec", weight_rec, device=x.device)
+    N = weight_rec.shape[0]
+    if weight_rec.shape != (N, N) or weight.shape != (N, K):
+        raise ValueError(f"weight, weight_rec: expected [{N}, {K}] and [{N}, {N}], got "
+                         f"{tuple(weight.shape)} and {tuple(weight_rec.shape)}")
+    sd = state_dtype(x.dtype)
+    check_tensor("s_prev", s_prev, dtypes=(x.dtype,), shape=(B, N), device=x.device)
+    for name, t in (("v", v), ("trpost", trpost), ("trrec", trrec)):
+        check_tensor(name, t, dtypes=(sd,), shape=(B, N), device=x.device)
+    check_scalar("beta", beta, x.device)
+    check_scalar("theta", theta, x.device)
+    save_from = check_save_from(save_from, T)
+    currents = F.linear(x, weight, bias)
+    trpre_saved, trpre_new = trace_sequence(x, trpre, cfg.lambda_pre, save_from)
+    dev, D = x.device, T - save_from
+    s_seq = torch.empty((T, B, N), dtype=x.dtype, device=dev)
+    psi, prev, trrec_prev = (torch.empty((D, B, N), dtype=sd, device=dev) for _ in range(3))
+    s_prev_saved = torch.empty((D, B, N), dtype=x.dtype, device=dev)
+    v, trpost, trrec = v.clone(memory_format=torch.contiguous_format), \
+        trpost.clone(memory_format=torch.contiguous_format), trrec.clone(memory_format=torch.contiguous_format)
+    sp = s_prev.contiguous()
+    if B and N:
+        bb, bn, br, warps = _step_blocks()
+        dt, precision = dot_config(x.dtype)
+        grid = (triton.cdiv(B, bb), triton.cdiv(N, bn))
+        for t in range(T):
+            save = t >= save_from
+            j = max(t - save_from, 0)
+            _recurrent_step_kernel[grid](
+                currents[t], sp, weight_rec, beta, theta,
+                v, trpost, trrec, s_seq[t], psi[j] if save else v, prev[j] if save else v,
+                s_prev_saved[j] if save else sp, trrec_prev[j] if save else v,
+                B, N, weight_rec.stride(0), weight_rec.stride(1),
+                float(cfg.lambda_post), float(cfg.lambda_pre),
+                PSI=PSI_CODES[cfg.psi], SOFT_RESET=cfg.reset == "soft", POST_SPIKE=cfg.post == "spike",
+                SAVE=save, DOT_DTYPE=dt, INPUT_PRECISION=precision,
+                BLOCK_B=bb, BLOCK_N=bn, BLOCK_R=br, num_warps=warps,
+                enable_fp_fusion=False)  # no FMA in the LIF: spikes bit-equal to the reference
+            sp = s_seq[t]
+    elif T:
+        s_seq.zero_()
+    return s_seq, v, trpost, trpre_new, trrec, psi, prev, trpre_saved, s_prev_saved, trrec_prev
+
+
+def readout_sequence(x, weight, bias, v, trpre, beta, lambda_pre: float, save_from: int):
+    """reference.readout_sequence: one GEMM, one scan launch, one trace launch."""
+    check_tensor("x", x)
+    if x.dim() < 2:
+        raise ValueError(f"x: expected a sequence [T, B, K], got shape {tuple(x.shape)}")
+    currents = F.linear(x, weight, bias)
+    sd = state_dtype(currents.dtype)
+    check_tensor("v", v, dtypes=(sd,), shape=currents.shape[1:], device=x.device)
+    check_scalar("beta", beta, x.device)
+    save_from = check_save_from(save_from, x.shape[0])
+    out = torch.empty(currents.shape, dtype=sd, device=x.device)
+    n, T = v.numel(), x.shape[0]
+    if n and T:
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
+        _leaky_scan_kernel[grid](flat(currents), flat(v), beta, out, n, T)
+    trpre_saved, trpre_new = trace_sequence(x, trpre, lambda_pre, save_from)
+    return out, trpre_new, trpre_saved
+
+
+def recurrent_backward(grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec_prev, weight, weight_rec,
+                       alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
+                       needs_bias_grad: bool = True):
+    """reference.recurrent_backward: the fused eligibility GEMM for W, then for W_rec."""
+    grad_x, grad_w, grad_b = linear_backward(grad_s, psi, causal, trpost_prev, x, trpre, weight,
+                                             alpha_post, alpha_pre, needs_input_grad, needs_bias_grad)
+    _, grad_w_rec, _ = linear_backward(grad_s, psi, causal, trpost_prev, s_prev, trrec_prev, weight_rec,
+                                       alpha_post, alpha_pre, False, False)
+    return grad_x, grad_w, grad_b, grad_w_rec
