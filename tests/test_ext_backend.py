@@ -202,6 +202,7 @@ def test_torch_compile_inductor_matches_eager():
         assert_close_policy(g, w, reduction=32)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_missing_extension_never_breaks_the_import():
     """Without the compiled module: the package imports, auto takes torch, forcing cpu says why."""
     import subprocess

@@ -103,6 +103,7 @@ def test_bad_input_is_one_line(argv, needle, capsys):
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow  # a whole `python -m training` process
 def test_cli_process_rejects_before_work(tmp_path):
     save = tmp_path / "never"
     proc = subprocess.run([sys.executable, "-m", "training", "--dataset", "Digits", "--arch", "stllr_shd_net",

@@ -54,6 +54,7 @@ def test_unavailable_reason_here():
     assert "device type" in T.unavailable_reason("triton", "mps")
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch and triton
 def test_unavailable_reason_without_interpreter_or_triton():
     """Run in fresh interpreters: no TRITON_INTERPRET on a CPU, and triton missing altogether."""
     code = (
