@@ -273,20 +273,20 @@ def linear_inputs(batch, N, K, dtype, variant, noncontig):
     return (L, psi, causal, prev, x, trpre, weight, alpha_post, 0.9)
 
 
-# float32 runs every variant, with and without dx / db; the other dtypes the two extremes
+# float32 runs every variant; the other dtypes the two extremes
 LINEAR_CASES = ([(torch.float32, v) for v in LINEAR_VARIANTS]
                 + [(d, v) for d in DTYPES[1:] for v in ("spike", "readout")])
 
 
 @pytest.mark.parametrize("dtype,variant", LINEAR_CASES, ids=[f"{dtype_id(d)}-{v}" for d, v in LINEAR_CASES])
 def test_linear_backward(target, dtype, variant):
-    flags = ((True, True), (False, False)) if dtype == torch.float32 else ((True, True),)
     for i, (batch, N, K) in enumerate(LINEAR_SHAPES):
         args = linear_inputs(batch, N, K, dtype, variant, noncontig=i >= 2)
         rows = 1
         for b in batch:
             rows *= b
-        for needs_x, needs_b in flags:
+        skip_dx_db = dtype == torch.float32 and i < 2  # the launch without dx / db, on small shapes
+        for needs_x, needs_b in ((True, True), (False, False))[: 2 if skip_dx_db else 1]:
             want = R.linear_backward(*args, needs_x, needs_b)
             got = target.ops.linear_backward(*target.to(*args[:7]), *args[7:], needs_x, needs_b)
             for name, g, w, red in zip(("dx", "dW", "db"), got, want, (N, 2 * rows, rows)):

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import assert_close_policy, backend
+from conftest import assert_close_policy, backend, seed_salt
 
 import stllr_kernels
 from stllr_kernels import backends
@@ -105,11 +105,24 @@ CASES = ([("cpu", m, s) for m in MODELS for s in ("online", "sequence")]
          + [("triton", "digits", "online"), ("triton", "conv_rec", "sequence")])
 
 
+@pytest.fixture(scope="module")
+def torch_runs(digits_batches):
+    """(model name, step mode) -> (initial model, the torch backend's run): each computed once."""
+    runs = {}
+
+    def run(model_name, step_mode):
+        if (model_name, step_mode) not in runs:
+            torch.manual_seed(seed_salt())  # the initial weights follow STLLR_TEST_SEED_SALT
+            model = MODELS[model_name]()
+            runs[model_name, step_mode] = model, train(model, digits_batches, "torch", step_mode)
+        return runs[model_name, step_mode]
+    return run
+
+
 @pytest.mark.parametrize("backend_name,model_name,step_mode", CASES, ids=["-".join(c) for c in CASES])
-def test_training_matches_the_torch_backend(digits_batches, backend_name, model_name, step_mode):
+def test_training_matches_the_torch_backend(digits_batches, torch_runs, backend_name, model_name, step_mode):
     check_backend(backend_name)
-    model = MODELS[model_name]()
-    want = train(model, digits_batches, "torch", step_mode)
+    model, want = torch_runs(model_name, step_mode)
     got = train(model, digits_batches, backend_name, step_mode)
     # the steps trained: the loss moved and every parameter moved
     assert (want[0][0] - want[0][-1]).abs() > 0.05, f"the loss barely moved: {want[0].tolist()}"
@@ -119,11 +132,10 @@ def test_training_matches_the_torch_backend(digits_batches, backend_name, model_
     assert_same_training(got, want, model, f"{backend_name} vs torch")
 
 
-def test_a_wrong_gradient_fails_the_comparison(digits_batches, monkeypatch):
+def test_a_wrong_gradient_fails_the_comparison(digits_batches, torch_runs, monkeypatch):
     """Scale the non-causal term of the cpu backend's linear dW by 1.1: the comparison must fail."""
     check_backend("cpu")
-    model = MODELS["digits"]()
-    want = train(model, digits_batches, "torch", "online")
+    model, want = torch_runs("digits", "online")
     with backend("cpu"):
         ops = backends.get_ops("cpu")
     real = ops.linear_backward
