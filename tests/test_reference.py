@@ -123,6 +123,7 @@ def test_recurrent_layer_matches_per_sample_sums(seed, psi, reset, B, K, N):
         layer.weight.mul_(6.0)
         layer.weight_rec.mul_(3.0)
         layer.bias.fill_(0.4)  # keeps some neurons spiking so that W_rec sees non-zero s[t-1]
+        layer.bias[0] = 50.0  # and one at every step, whatever the seed
     inputs = [(torch.rand(B, K) < 0.5).double() for _ in range(T + 1)]
     grads = [torch.randn(B, N, dtype=torch.float64) for _ in range(T + 1)]
     with backend("torch"):
