@@ -26,14 +26,15 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow" tests
 
-# the numeric tests under three other per-test seeds (tests/conftest.py: STLLR_TEST_SEED_SALT); run it
-# whenever a kernel or a tolerance changes
-SEED_TESTS := tests/test_conformance.py tests/test_convergence.py tests/test_layers.py tests/test_reference.py \
+# the kernel, layer, reference, conformance and convergence tests under three other per-test seeds
+# (tests/conftest.py: STLLR_TEST_SEED_SALT); run it whenever a kernel or a tolerance changes
+SEED_TESTS := tests/test_conformance.py tests/test_layers.py tests/test_reference.py \
 	tests/test_triton_backend.py tests/test_ext_backend.py
 test-seeds: venv
 	set -e; for salt in 1 2 3; do \
 		echo "STLLR_TEST_SEED_SALT=$$salt"; \
 		STLLR_TEST_SEED_SALT=$$salt $(PY) -m pytest -q -m "not slow" $(SEED_TESTS); \
+		STLLR_TEST_SEED_SALT=$$salt $(PY) -m pytest -q tests/test_convergence.py; \
 	done
 
 # the embedded main job: S-TLLR vs BPTT on scikit-learn's digits, table + plot in experiments/demo

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from conftest import assert_close_policy, backend, seed_salt
 
+pytestmark = pytest.mark.slow  # training runs end to end (`make test-seeds` runs them under every salt)
+
 import stllr_kernels
 from stllr_kernels import backends
 from stllr_kernels.nn import Conv2dSTLLR, LinearRecSTLLR, LinearSTLLR

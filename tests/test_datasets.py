@@ -157,6 +157,7 @@ def test_gesture_test_items_are_whole_recordings(data):
     assert len(lengths) > 1  # T varies with the recording
 
 
+@pytest.mark.slow  # the Gesture pipeline end to end on its files
 def test_gesture_train_windows(data):
     ds = dvs_gesture.build(args_for(data), train=True)
     expected = gesture_expected(data, "train")
@@ -209,6 +210,7 @@ def test_cifar10dvs_split_frames_normalisation(data, train):
         assert_close_policy(x, want, reduction=36)  # the anti-aliasing filter sums ~6 x 6 taps
 
 
+@pytest.mark.slow  # the CIFAR10-DVS pipeline end to end on its files
 def test_cifar10dvs_training_crop_pads_with_no_events(data):
     ds = cifar10dvs.build(args_for(data), True)
     torch.manual_seed(1)
