@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: venv test cuda-check demo bench clean
+.PHONY: venv test test-fast test-seeds cuda-check demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -18,8 +18,24 @@ $(VENV)/.installed: setup.py requirements-dev.txt $(wildcard csrc/*.cpp csrc/*.h
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
+# what CI runs: every test
 test: venv
 	$(PY) -m pytest -q tests
+
+# the inner loop: everything but the end-to-end, distributed and benchmark smoke tests (< 1 min on 2 cores)
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+# the kernel, layer, reference, conformance and convergence tests under three other per-test seeds
+# (tests/conftest.py: STLLR_TEST_SEED_SALT); run it whenever a kernel or a tolerance changes
+SEED_TESTS := tests/test_conformance.py tests/test_layers.py tests/test_reference.py \
+	tests/test_triton_backend.py tests/test_ext_backend.py
+test-seeds: venv
+	set -e; for salt in 1 2 3; do \
+		echo "STLLR_TEST_SEED_SALT=$$salt"; \
+		STLLR_TEST_SEED_SALT=$$salt $(PY) -m pytest -q -m "not slow" $(SEED_TESTS); \
+		STLLR_TEST_SEED_SALT=$$salt $(PY) -m pytest -q tests/test_convergence.py; \
+	done
 
 # the embedded main job: S-TLLR vs BPTT on scikit-learn's digits, table + plot in experiments/demo
 demo: venv

@@ -106,15 +106,7 @@ def test_bad_input_is_one_line(argv, needle, capsys):
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
 
 
-def test_paper_dataset_without_pipeline_says_not_available(tmp_path, capsys):
-    from training.data import unavailable_reason
-    if unavailable_reason("DVSGesture") is None:
-        pytest.skip("the DVS Gesture pipeline is installed")
-    with pytest.raises(SystemExit):
-        parse_config(["--dataset", "DVSGesture", "--data-path", str(tmp_path)])
-    assert "not yet available" in capsys.readouterr().err
-
-
+@pytest.mark.slow  # a whole `python -m training` process
 def test_cli_process_rejects_before_work(tmp_path):
     save = tmp_path / "never"
     proc = subprocess.run([sys.executable, "-m", "training", "--dataset", "Digits", "--arch", "stllr_shd_net",

@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("tonic")
 pytest.importorskip("aedat")
+pytestmark = pytest.mark.slow  # every paper command end to end on tiny real-format files
 
 import dataset_fixtures as fx  # noqa: E402
 

@@ -88,6 +88,7 @@ def flags(save, *extra):
             "--save-path", str(save), "--scheduler", "3", "--delay-ls", "3", "--print-freq", "1", *extra]
 
 
+@pytest.mark.slow
 def test_run_writes_the_originals_files_and_more(tmp_path, tiny_data):
     summary = run_cli(flags(tmp_path, "--epochs", "2", "--trials", "2"))
     for trial in (1, 2):
@@ -104,6 +105,7 @@ def test_run_writes_the_originals_files_and_more(tmp_path, tiny_data):
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_result(tmp_path, tiny_data):
     whole, part = tmp_path / "whole", tmp_path / "part"
     run_cli(flags(whole, "--epochs", "3"))
@@ -119,6 +121,7 @@ def test_resume_gives_the_uninterrupted_result(tmp_path, tiny_data):
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path, tiny_data, monkeypatch):
     import signal
 
@@ -179,6 +182,7 @@ def test_dataset_table_matches_the_pipelines():
                                                                               spec.num_classes)
 
 
+@pytest.mark.slow
 def test_shd_end_to_end_on_a_tiny_recording_set(tmp_path):
     """`python -m training`'s SHD path, on the datasets helper's tiny real-format files."""
     pytest.importorskip("h5py")

@@ -17,7 +17,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .datasets.catalog import CATALOG
-from .errors import DatasetError
 
 
 # --dataset -> its catalog record (classes, frame shape, steps, pipeline module, files)
@@ -43,9 +42,6 @@ def build_dataset(args, train: bool) -> Dataset:
     spec = DATASETS[args.dataset]
     if spec.module is None:
         return DigitsSpikes(train, steps=DIGITS_STEPS, seed=args.seed)
-    reason = unavailable_reason(args.dataset)
-    if reason is not None:
-        raise DatasetError(reason)
     return importlib.import_module(f"training.datasets.{spec.module}").build(args, train)
 
 
