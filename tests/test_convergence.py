@@ -41,9 +41,10 @@ class ConvRecDigits(SpikingModel):
         self.rec = LinearRecSTLLR(4 * 4 * 4, 24, leak=2.0, factors=FACTORS, psi="sigmoid")
         self.readout = LinearSTLLR(24, 10, leak=5.0, accumulate=True, factors=(0.0, 0.99, 0.0, 1.0))
 
-    def step(self, x, loss_steps):
-        if loss_steps is None:
-            return self.readout(self.rec(self.conv(x.view(-1, 1, 8, 8) * 2.0).flatten(1)))
+    def forward_step(self, x):
+        return self.readout(self.rec(self.conv(x.view(-1, 1, 8, 8) * 2.0).flatten(1)))
+
+    def forward_sequence(self, x, loss_steps):
         T, B = x.shape[:2]
         h = self.conv(x.reshape(T, B, 1, 8, 8) * 2.0, loss_steps=loss_steps)
         return self.readout(self.rec(h.flatten(2), loss_steps=loss_steps), loss_steps=loss_steps)
