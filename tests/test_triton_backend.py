@@ -113,16 +113,6 @@ def test_lif_step(seed, psi, reset, post, dtype):
             close(g, w, torch.float32)
 
 
-def test_lif_step_without_psi_output(seed):
-    beta, theta = scalars()
-    cur, v, tr = (torch.randn(3, 5, device=DEVICE), torch.randn(3, 5, device=DEVICE),
-                  torch.rand(3, 5, device=DEVICE))
-    s, v_new, tr_new, psi = T.lif_step(cur, v, tr, beta, theta, cfg_of("sigmoid"), write_psi=False)
-    want = R.lif_step(cur, v, tr, beta, theta, cfg_of("sigmoid"))
-    assert psi is None and torch.equal(s, want[0])
-    close(tr_new, want[2], torch.float32)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pre_trace(seed, dtype):
     for shape, strided in STEP_SHAPES:
@@ -297,10 +287,8 @@ def conv_inputs(shape, dtype, strided):
     return (L, psi, causal, prev, x, trpre, weight, st, pad, dil, g, -0.2, 0.9)
 
 
-@pytest.mark.parametrize("method", triton_conv.CONV_WGRAD_METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_conv_backward(seed, monkeypatch, method, dtype):
-    monkeypatch.setenv(triton_conv.CONV_WGRAD_ENV, method)
+def test_conv_backward(seed, dtype):
     for i, shape in enumerate(CONV_SHAPES):
         args = conv_inputs(shape, dtype, strided=i in (1, 3))
         L = args[0]
@@ -312,22 +300,6 @@ def test_conv_backward(seed, monkeypatch, method, dtype):
                 assert (g is None) == (w is None)
                 if w is not None:
                     close(g, w, dtype, r)
-
-
-def test_conv_implicit_gemm_accumulates(seed):
-    L, psi, causal, prev, x, trpre, weight, st, pad, dil, g, ap, aq = conv_inputs(CONV_SHAPES[1], torch.float32, False)
-    out = torch.randn(weight.shape, device=DEVICE)
-    want = out + R.conv_backward(L, psi, causal, prev, x, trpre, weight, st, pad, dil, g, ap, aq)[1]
-    got = triton_conv.conv_weight_grad_implicit(L, causal, prev, x, trpre, weight.shape, st, pad, dil, g,
-                                                ap, aq, out=out)
-    assert got is out
-    close(out, want, torch.float32, L.shape[0] * L.shape[2] * L.shape[3])
-
-
-def test_conv_wgrad_method_rejects_unknown(monkeypatch):
-    monkeypatch.setenv(triton_conv.CONV_WGRAD_ENV, "winograd")
-    with pytest.raises(ValueError, match=triton_conv.CONV_WGRAD_ENV):
-        triton_conv.conv_wgrad_method()
 
 
 # ----------------------------------------------------------------------------- whole layers
@@ -399,7 +371,7 @@ def test_layer_runs_match_torch_backend(seed, kind, mode):
 # (the GPU check script itself is tested in tests/test_gpu_check.py)
 
 def test_gemm_kernels_compile_for_sm90(tmp_path):
-    """The interpreter cannot run bf16 tl.dot nor the GPU compiler: compile the three GEMM kernels
+    """The interpreter cannot run bf16 tl.dot nor the GPU compiler: compile the two GEMM kernels
     with bf16 operands for sm_90 through Triton's whole pipeline (benchmarks/compile_check.py)."""
     import triton
     from triton.backends import backends as triton_backends
@@ -410,7 +382,7 @@ def test_gemm_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(stllr_kernels.__file__)),
                                          env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, path, "--quick", "--only", "linear dW,linear dx,conv dW",
+    out = subprocess.run([sys.executable, path, "--quick", "--only", "linear dW,linear dx",
                           "--variant", "bf16"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert out.stdout.count("| ok |") == 3, out.stdout[-2000:]
+    assert out.stdout.count("| ok |") == 2, out.stdout[-2000:]
