@@ -55,14 +55,14 @@ def variants():
             for dt in ("fp32", "bf16", "fp16"):
                 modes = dict(PSI=code, SOFT_RESET=reset == "soft", POST_SPIKE=post == "spike")
                 out.append(("lif_step", lif._lif_step_kernel, {"cur_ptr": dt, "s_ptr": dt},
-                            {**modes, "WRITE_PSI": True}, f"{psi} {reset} {post} {dt}"))
+                            modes, f"{psi} {reset} {post} {dt}"))
                 out.append(("lif_sequence", lif._lif_sequence_kernel,
                             {"cur_ptr": dt, "s_ptr": dt}, modes, f"{psi} {reset} {post} {dt}"))
     for dt in ("fp32", "bf16", "fp16"):
         out.append(("pre_trace", trace._pre_trace_kernel, {"x_ptr": dt}, {}, dt))
         out.append(("trace_sequence", trace._trace_sequence_kernel, {"x_ptr": dt}, {}, dt))
         out.append(("conv products", conv._conv_products_kernel, {"l_ptr": dt, "grads_ptr": "fp32"},
-                    {"WRITE_GRADS": True}, dt))
+                    {}, dt))
     dots = {"fp32": (tl.float32, "ieee"), "tf32": (tl.float32, "tf32"), "bf16": (tl.bfloat16, "tf32"),
             "fp16": (tl.float16, "tf32")}
     for tag, (dot, precision) in dots.items():
@@ -74,8 +74,6 @@ def variants():
                          ACCUMULATE=False, **gemm, **DW_UNIT_STRIDES), tag))
         out.append(("linear dx", eligibility._signal_dx_kernel, {**half, "dx_ptr": dt},
                     dict(HAS_PSI=True, **gemm, **DX_UNIT_STRIDES), tag))
-        out.append(("conv dW implicit GEMM", conv._conv_wgrad_kernel, half,
-                    dict(HAS_POST=True, HAS_PRE=True, ACCUMULATE=False, **gemm), tag))
     # the readout layer's variant and accumulation into an existing buffer
     out.append(("linear dW+db", eligibility._eligibility_dw_kernel, {},
                 dict(HAS_PSI=False, HAS_CAUSAL=False, HAS_POST=False, HAS_PRE=True, WRITE_DB=True,

@@ -2,8 +2,9 @@
 //   dW = alpha_post * (L * trpost_prev)^T x + alpha_pre * (L * causal)^T trpre
 //   db = sum_b L * psi,   dx = (L * psi) @ W   (conv: the conv input-gradient of L * psi)
 // One fused element-wise pass (device specific: CPU here, CUDA in cuda/eligibility.cu) forms the
-// products and stacks the operands along the batch, then ONE GEMM (or one conv weight-gradient)
-// through ATen gives dW: no B x N x K temporaries, no loop over samples.
+// products; dW is then two GEMMs accumulating into one output (linear: x and trpre are read in
+// place, no stacked copy) or ONE conv weight-gradient on the operands stacked along the batch
+// (conv): no B x N x K temporaries, no loop over samples.
 #include <ATen/Parallel.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
@@ -30,7 +31,7 @@ void products_cpu(const Products& p) {
   const T* x = p.x.const_data_ptr<T>();
   const T* trpre = p.trpre.const_data_ptr<T>();
   T* a = p.a.mutable_data_ptr<T>();
-  T* b = p.b.mutable_data_ptr<T>();
+  T* b = p.b.defined() ? p.b.mutable_data_ptr<T>() : nullptr;  // stacked [x; trpre] (conv only)
   T* g = has_g ? p.g.mutable_data_ptr<T>() : nullptr;
   const int64_t grain = std::max<int64_t>(1, kGrainSize / (2 * (N + K)));
   at::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
@@ -47,14 +48,14 @@ void products_cpu(const Products& p) {
         const T* __restrict__ pr = prev + m * N;
         T* __restrict__ a_post = a + m * N;
         for (int64_t j = 0; j < N; ++j) a_post[j] = ap * Lr[j] * pr[j];
-        std::copy(x + m * K, x + (m + 1) * K, b + m * K);
+        if (b != nullptr) std::copy(x + m * K, x + (m + 1) * K, b + m * K);
       }
       if (g != nullptr) {
         const T* __restrict__ sr = psi + m * N;
         T* __restrict__ gr = g + m * N;
         for (int64_t j = 0; j < N; ++j) gr[j] = Lr[j] * sr[j];
       }
-      std::copy(trpre + m * K, trpre + (m + 1) * K, b + (offset + m) * K);
+      if (b != nullptr) std::copy(trpre + m * K, trpre + (m + 1) * K, b + (offset + m) * K);
     }
   });
 }
@@ -75,13 +76,16 @@ at::Tensor optional_matrix(const std::optional<at::Tensor>& t, int64_t rows, int
   return as_matrix(*t, rows, cols, like, dtype, name, "like grad_s");
 }
 
-// Runs the fused pass; returns (a, b, g) with g = L when psi is absent.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> run_products(Products& p, bool non_causal, ProductsFn fn) {
+// Runs the fused pass; returns (a, b, g) with g = L when psi is absent. a holds the rows
+// alpha_post * L * trpost_prev (when non_causal) then alpha_pre * L * causal; b, the same rows' x
+// then trpre, only when `stack_inputs` (the conv weight-gradient takes one stacked operand).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_products(Products& p, bool non_causal, bool stack_inputs,
+                                                            ProductsFn fn) {
   const int64_t M = p.L.size(0), N = p.L.size(1), K = p.x.size(1);
   const int64_t rows = non_causal ? 2 * M : M;
   if (!non_causal) p.trpost_prev = at::Tensor();
   p.a = at::empty({rows, N}, p.L.options());
-  p.b = at::empty({rows, K}, p.L.options());
+  p.b = stack_inputs ? at::empty({rows, K}, p.L.options()) : at::Tensor();
   p.g = p.psi.defined() ? at::empty({M, N}, p.L.options()) : at::Tensor();
   if (M > 0) fn(p);
   return {p.a, p.b, p.psi.defined() ? p.g : p.L};
@@ -118,8 +122,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_impl(
   p.alpha_post = alpha_post;
   p.alpha_pre = alpha_pre;
   const bool non_causal = p.trpost_prev.defined() && alpha_post != 0.0;
-  auto [a, b, g] = run_products(p, non_causal, products);
-  at::Tensor grad_w = at::mm(a.t(), b).to(weight.scalar_type());
+  auto [a, b, g] = run_products(p, non_causal, /*stack_inputs=*/false, products);
+  at::Tensor grad_w = at::mm(a.narrow(0, non_causal ? M : 0, M).t(), p.trpre);
+  if (non_causal) grad_w.addmm_(a.narrow(0, 0, M).t(), p.x);
+  grad_w = grad_w.to(weight.scalar_type());
   at::Tensor grad_x = at::empty({0}, x.options());
   if (needs_input_grad) {
     std::vector<int64_t> shape(grad_s.sizes().begin(), grad_s.sizes().end());
@@ -164,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward_impl(
   p.alpha_post = alpha_post;
   p.alpha_pre = alpha_pre;
   const bool non_causal = alpha_post != 0.0;
-  auto [a, b, g] = run_products(p, non_causal, products);
+  auto [a, b, g] = run_products(p, non_causal, /*stack_inputs=*/true, products);
   const int64_t rows = a.size(0);
   std::vector<int64_t> a_shape(grad_s.sizes().begin(), grad_s.sizes().end()), b_shape(x.sizes().begin(), x.sizes().end());
   a_shape[0] = b_shape[0] = rows;

@@ -13,7 +13,10 @@ from torch.utils.data import Dataset
 import training.runner as runner
 from training import checkpoint as ckpt
 from training.cli import OPTIMIZERS, parse_config
-from training.engine import Trainer, make_loss
+from training.engine import Trainer, loss_over_steps, make_loss
+from training.models.common import one_hot
+
+from conftest import tol
 from training.errors import RunInterrupted
 
 
@@ -209,3 +212,46 @@ def test_missing_dataset_files_is_a_message_not_a_traceback(tmp_path, capsys):
                  "--save-path", str(tmp_path / "run"), "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "error: SHD" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("loss", ["CE", "MSE", "BCE"])
+@pytest.mark.parametrize("steps,size,classes", [(1, 1, 2), (5, 3, 10), (18, 16, 20)])
+def test_loss_over_steps_is_the_sum_of_the_step_losses(loss, steps, size, classes, seed):
+    """The sequence mode's one loss over all loss rows: the same value and gradient as summing the
+    per-step losses (what the engine did before, and what any user callable still gets)."""
+    fn = make_loss(loss, classes)
+    out = torch.randn(steps, size, classes, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, classes, (size,))
+    fused = fn.over_steps(out, labels)
+    per_step = sum(fn(out[t], labels) for t in range(steps))
+    torch.testing.assert_close(fused, per_step, **tol(torch.float64, steps * size * classes))
+    fused_grad, = torch.autograd.grad(fused, out)
+    step_grad, = torch.autograd.grad(per_step, out)
+    torch.testing.assert_close(fused_grad, step_grad, **tol(torch.float64, steps))
+    assert torch.equal(loss_over_steps(fn, out, labels), fused)
+    plain = {"CE": torch.nn.functional.cross_entropy}.get(loss)
+    if plain is not None:  # a user's callable takes the per-step sum
+        torch.testing.assert_close(loss_over_steps(plain, out, labels), per_step, **tol(torch.float64, steps))
+
+
+def test_one_hot_matches_torch(seed):
+    labels = torch.randint(0, 7, (3, 5))
+    assert torch.equal(one_hot(labels, 7), torch.nn.functional.one_hot(labels, 7).float())
+    assert one_hot(labels, 7, torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("loss", ["CE", "MSE"])
+def test_sequence_mode_loss_gives_the_per_step_sums_gradients(loss, seed):
+    """Trainer's sequence mode with the fused loss moves the weights as a per-step sum would."""
+    torch.manual_seed(seed)
+    config = parse_config(["--dataset", "Digits", "--arch", "digits_stllr", "--training-mode", "stllr",
+                           "--step-mode", "sequence", "--delay-ls", "3", "--optimizer", "SGD"])
+    model, optimizer, _ = runner.setup_trial(config, torch.device("cpu"))
+    twin = copy.deepcopy(model)
+    twin_opt = type(optimizer)(twin.parameters(), **optimizer.defaults)
+    fn = make_loss(loss, 10)
+    x, y = batch(seed)
+    Trainer(model, optimizer, fn, "stllr", "sequence", 3).train_batch(x, y)
+    Trainer(twin, twin_opt, lambda out, labels: fn(out, labels), "stllr", "sequence", 3).train_batch(x, y)
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, **tol(a.dtype, 64), msg=name)

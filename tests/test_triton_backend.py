@@ -1,7 +1,6 @@
-"""What only the `triton` backend has: its availability reasons, the write_psi switch, the dW
-kernel writing into a buffer and splitting the batch for int32 offsets, float64 running the
-reference, its argument errors, the second conv weight-gradient design, the GPU check script and
-the sm_90 compile check. The op-level comparisons with the reference for every backend are in
+"""What only the `triton` backend has: its availability reasons, the dW kernel writing into a
+buffer and splitting the batch for int32 offsets, float64 running the reference, its argument
+errors and the sm_90 compile check. The op-level comparisons with the reference for every backend are in
 test_conformance.py.
 
 On a machine without CUDA the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1).
@@ -18,7 +17,7 @@ import torch
 pytest.importorskip("triton")
 
 from conftest import assert_close_policy  # noqa: E402
-from test_conformance import CONV_SHAPES, conv_inputs, linear_inputs  # noqa: E402
+from test_conformance import linear_inputs  # noqa: E402
 
 import stllr_kernels  # noqa: E402
 from stllr_kernels import reference as R  # noqa: E402
@@ -30,7 +29,6 @@ if T.unavailable_reason("triton", DEVICE) is not None:
     pytest.skip(f"triton backend unavailable: {T.unavailable_reason('triton', DEVICE)}",
                 allow_module_level=True)
 
-from stllr_kernels.backends.triton import conv as triton_conv  # noqa: E402
 from stllr_kernels.backends.triton.eligibility import eligibility_weight_grad  # noqa: E402
 
 
@@ -74,18 +72,6 @@ def test_unavailable_reason_without_interpreter_or_triton():
         out = subprocess.run([sys.executable, "-c", code, "plain"], env=env, capture_output=True,
                              text=True, timeout=120)
         assert "TRITON_INTERPRET=1" in out.stdout, out
-
-
-# ----------------------------------------------------------------------------- forward ops
-
-def test_lif_step_without_psi_output():
-    beta, theta = scalars()
-    cur, v, tr = (torch.randn(3, 5, device=DEVICE), torch.randn(3, 5, device=DEVICE),
-                  torch.rand(3, 5, device=DEVICE))
-    s, v_new, tr_new, psi = T.lif_step(cur, v, tr, beta, theta, cfg_of("sigmoid"), write_psi=False)
-    want = R.lif_step(cur, v, tr, beta, theta, cfg_of("sigmoid"))
-    assert psi is None and torch.equal(s, want[0])
-    assert_close_policy(tr_new, want[2])
 
 
 # ----------------------------------------------------------------------------- linear eligibility
@@ -145,49 +131,11 @@ def test_linear_backward_rejects_bad_arguments():
         T.trace_sequence(x[None], trpre, 0.5, 2)
 
 
-# ----------------------------------------------------------------------------- conv eligibility
-
-OTHER_WGRAD_METHODS = [m for m in triton_conv.CONV_WGRAD_METHODS if m != triton_conv.conv_wgrad_method()]
-
-
-@pytest.mark.parametrize("method", OTHER_WGRAD_METHODS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_conv_backward_other_wgrad_method(monkeypatch, method, dtype):
-    """The conformance suite runs the default weight-gradient design; this one the other."""
-    monkeypatch.setenv(triton_conv.CONV_WGRAD_ENV, method)
-    for i, shape in enumerate(CONV_SHAPES):
-        args = conv_inputs(shape, dtype, noncontig=i % 2 == 1)
-        L = args[0]
-        positions = L.shape[0] * L.shape[2] * L.shape[3]
-        want = R.conv_backward(*args)
-        got = T.conv_backward(*on_device(args))
-        taps = args[6].shape[0] // args[10] * args[6].shape[2] * args[6].shape[3]
-        for name, g, w, red in zip(("dx", "dW", "db"), got, want, (taps, 2 * positions, positions)):
-            assert_close_policy(g.cpu(), w, reduction=red, msg=f"{name} at {shape}")
-
-
-def test_conv_implicit_gemm_accumulates():
-    L, psi, causal, prev, x, trpre, weight, st, pad, dil, g, ap, aq = on_device(
-        conv_inputs(CONV_SHAPES[2], torch.float32, False))
-    out = torch.randn(weight.shape, device=DEVICE)
-    want = out + R.conv_backward(L, psi, causal, prev, x, trpre, weight, st, pad, dil, g, ap, aq)[1]
-    got = triton_conv.conv_weight_grad_implicit(L, causal, prev, x, trpre, weight.shape, st, pad, dil, g,
-                                                ap, aq, out=out)
-    assert got is out
-    assert_close_policy(out, want, reduction=2 * L.shape[0] * L.shape[2] * L.shape[3])
-
-
-def test_conv_wgrad_method_rejects_unknown(monkeypatch):
-    monkeypatch.setenv(triton_conv.CONV_WGRAD_ENV, "winograd")
-    with pytest.raises(ValueError, match=triton_conv.CONV_WGRAD_ENV):
-        triton_conv.conv_wgrad_method()
-
-
 # ----------------------------------------------------------------------------- compile for the GPU
 
 @pytest.mark.slow
 def test_gemm_kernels_compile_for_sm90(tmp_path):
-    """The interpreter cannot run bf16 tl.dot nor the GPU compiler: compile the three GEMM kernels
+    """The interpreter cannot run bf16 tl.dot nor the GPU compiler: compile the two linear GEMM kernels
     with bf16 operands for sm_90 through Triton's whole pipeline (benchmarks/compile_check.py)."""
     import triton
     from triton.backends import backends as triton_backends
@@ -198,10 +146,10 @@ def test_gemm_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(stllr_kernels.__file__)),
                                          env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, path, "--quick", "--only", "linear dW,linear dx,conv dW",
+    out = subprocess.run([sys.executable, path, "--quick", "--only", "linear dW,linear dx",
                           "--variant", "bf16"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert out.stdout.count("| ok |") == 3, out.stdout[-2000:]
+    assert out.stdout.count("| ok |") == 2, out.stdout[-2000:]
 
 
 def test_single_config_knob_leaves_one_config(monkeypatch):

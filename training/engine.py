@@ -19,21 +19,53 @@ from tqdm import tqdm
 
 from .guard import FiniteGuard
 from .interrupts import NEVER, StopFlag
+from .models.common import one_hot
 
 TRAINING_MODES = ("stllr_online", "stllr", "bptt")
 STEP_MODES = ("online", "sequence")
 LOSSES = ("MSE", "BCE", "CE")
 
 
-def make_loss(name: str, num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
-    """loss(logits [B, C], labels [B]). MSE and BCE compare with one-hot labels (BCE on logits)."""
-    if name == "CE":
-        return F.cross_entropy
-    if name == "MSE":
-        return lambda out, y: F.mse_loss(out, F.one_hot(y, num_classes).to(out.dtype))
-    if name == "BCE":
-        return lambda out, y: F.binary_cross_entropy_with_logits(out, F.one_hot(y, num_classes).to(out.dtype))
-    raise ValueError(f"loss: expected one of {list(LOSSES)}, got {name!r}")
+class StepLoss:
+    """loss(logits [B, C], labels [B]) with mean reduction; MSE and BCE compare with one-hot labels
+    (BCE on logits). `over_steps(out [D, B, C], labels)` is the sum of the per-step losses over the D
+    steps as one loss over all D x B rows (a few ops instead of a few per step), the same value and
+    gradient: each per-step mean divides by the same count (B, or B x C)."""
+
+    def __init__(self, name: str, num_classes: int):
+        if name not in LOSSES:
+            raise ValueError(f"loss: expected one of {list(LOSSES)}, got {name!r}")
+        self.name, self.num_classes = name, num_classes
+
+    def __call__(self, out: Tensor, labels: Tensor) -> Tensor:
+        if self.name == "CE":
+            return F.cross_entropy(out, labels)
+        target = one_hot(labels, self.num_classes, out.dtype)
+        if self.name == "MSE":
+            return F.mse_loss(out, target)
+        return F.binary_cross_entropy_with_logits(out, target)
+
+    def over_steps(self, out: Tensor, labels: Tensor) -> Tensor:
+        steps, batch, classes = out.shape
+        if self.name == "CE":
+            return F.cross_entropy(out.flatten(0, 1), labels.repeat(steps), reduction="sum") / batch
+        target = one_hot(labels, self.num_classes, out.dtype).expand_as(out)
+        if self.name == "MSE":
+            return F.mse_loss(out, target, reduction="sum") / (batch * classes)
+        return F.binary_cross_entropy_with_logits(out, target, reduction="sum") / (batch * classes)
+
+
+def make_loss(name: str, num_classes: int) -> StepLoss:
+    """The --loss option's loss (see StepLoss)."""
+    return StepLoss(name, num_classes)
+
+
+def loss_over_steps(loss: Callable[[Tensor, Tensor], Tensor], out: Tensor, labels: Tensor) -> Tensor:
+    """sum_t loss(out[t], labels) over out [D, B, C]: in one loss where `loss` offers it (StepLoss),
+    else per step (any user callable)."""
+    if hasattr(loss, "over_steps"):
+        return loss.over_steps(out, labels)
+    return sum(loss(out[t], labels) for t in range(out.shape[0]))
 
 
 def no_sync_context(last: bool) -> ContextManager:
@@ -79,9 +111,8 @@ class Trainer:
         if self.training_mode == "stllr" and self.step_mode == "sequence":
             opt.zero_grad(set_to_none=True)
             out = model.sequence(x, T - first_loss)
-            loss = sum(self.loss(out[t], labels) for t in range(first_loss, T))
             if first_loss < T:
-                self.backward(loss, last=True)
+                self.backward(loss_over_steps(self.loss, out[first_loss:], labels), last=True)
             opt.step()
             return out.detach().sum(0)
         online = self.training_mode == "stllr_online"

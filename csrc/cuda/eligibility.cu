@@ -9,7 +9,7 @@
 namespace stllr::cuda {
 namespace {
 
-// One launch over M*N product elements followed by M*K operand copies.
+// One launch over M*N product elements, then (conv only: b stacks the operands) M*K operand copies.
 template <typename T>
 __global__ void products_kernel(const T* __restrict__ L, const T* __restrict__ psi,
                                 const T* __restrict__ causal, const T* __restrict__ prev,
@@ -17,7 +17,7 @@ __global__ void products_kernel(const T* __restrict__ L, const T* __restrict__ p
                                 T* __restrict__ b, T* __restrict__ g, T alpha_post, T alpha_pre, int64_t M,
                                 int64_t N, int64_t K) {
   const int64_t mn = M * N, offset = prev != nullptr ? M : 0;
-  STLLR_GRID_STRIDE(i, mn + M * K) {
+  STLLR_GRID_STRIDE(i, mn + (b != nullptr ? M * K : 0)) {
     if (i < mn) {
       const T l = L[i];
       a[offset * N + i] = alpha_pre * l * (causal != nullptr ? causal[i] : T(1));
@@ -35,11 +35,12 @@ template <typename T>
 void launch_products(const Products& p) {
   const int64_t M = p.L.size(0), N = p.L.size(1), K = p.x.size(1);
   const bool has_prev = p.trpost_prev.defined(), has_g = p.g.defined();
-  products_kernel<T><<<blocks_for(M * (N + K)), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  products_kernel<T><<<blocks_for(M * (N + (p.b.defined() ? K : 0))), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       p.L.const_data_ptr<T>(), has_g ? p.psi.const_data_ptr<T>() : nullptr,
       p.causal.defined() ? p.causal.const_data_ptr<T>() : nullptr,
       has_prev ? p.trpost_prev.const_data_ptr<T>() : nullptr, p.x.const_data_ptr<T>(),
-      p.trpre.const_data_ptr<T>(), p.a.mutable_data_ptr<T>(), p.b.mutable_data_ptr<T>(),
+      p.trpre.const_data_ptr<T>(), p.a.mutable_data_ptr<T>(),
+      p.b.defined() ? p.b.mutable_data_ptr<T>() : nullptr,
       has_g ? p.g.mutable_data_ptr<T>() : nullptr, static_cast<T>(p.alpha_post),
       static_cast<T>(p.alpha_pre), M, N, K);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

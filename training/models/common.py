@@ -8,7 +8,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from stllr_kernels.nn import Conv2dSTLLR, LinearSTLLR
@@ -87,6 +86,12 @@ def make_pool(name: str) -> nn.Module:
 FEEDBACK_MODES = ("BP", "DFA", "sDFA")
 
 
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """[..., num_classes] one-hot rows by a compare against an arange: F.one_hot reads labels.min()
+    and .max() to the host to validate them, a synchronization in every batch."""
+    return (labels.unsqueeze(-1) == torch.arange(num_classes, device=labels.device)).to(dtype)
+
+
 class Feedback:
     """The learning-signal source shared by a model's hooks.
 
@@ -116,7 +121,7 @@ class Feedback:
         if labels is None:
             self.onehot = None
         elif labels.dim() == 1:
-            self.onehot = F.one_hot(labels.long(), self.num_classes).float()
+            self.onehot = one_hot(labels, self.num_classes)
         else:  # already one-hot (--label-encoding one-hot)
             self.onehot = labels.float()
 

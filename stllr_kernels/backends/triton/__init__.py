@@ -8,7 +8,7 @@ launch functions with the op signatures of `stllr_kernels.reference`.
     lif          lif_step (one pass per time step), lif_sequence (all T steps, state in registers)
     trace        pre_trace, trace_sequence
     eligibility  linear_backward: the eligibility GEMM (products formed while loading tiles) and dx
-    conv         conv_backward: products kernel + one conv weight-gradient, or an implicit GEMM
+    conv         conv_backward: products kernel + one conv weight-gradient
     recurrent    recurrent_sequence (a GEMM per step with the LIF and both traces as its epilogue),
                  readout_sequence (one GEMM, the leaky scan), recurrent_backward
     standardize  standardize_backward (one program per row)

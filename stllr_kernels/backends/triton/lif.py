@@ -23,7 +23,7 @@ def _lif_step_kernel(
     # sizes and scalars
     n, lambda_post,
     # meta-parameters
-    PSI: tl.constexpr, SOFT_RESET: tl.constexpr, POST_SPIKE: tl.constexpr, WRITE_PSI: tl.constexpr,
+    PSI: tl.constexpr, SOFT_RESET: tl.constexpr, POST_SPIKE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """s, v+, trpost, psi = LIF(I, v, trpost) element-wise over n neurons (flat, contiguous).
@@ -42,12 +42,11 @@ def _lif_step_kernel(
     tl.store(s_ptr + offs, spike.to(s_ptr.dtype.element_ty), mask=mask)
     tl.store(v_out_ptr + offs, v_new, mask=mask)
     tl.store(tr_out_ptr + offs, tr_new, mask=mask)
-    if WRITE_PSI:
-        tl.store(psi_ptr + offs, psi, mask=mask)
+    tl.store(psi_ptr + offs, psi, mask=mask)
 
 
-def lif_step(current, v, trpost, beta, theta, cfg: RuleConfig, write_psi: bool = True):
-    """reference.lif_step in one launch; returns (s, v+, trpost, psi) (psi None if not write_psi)."""
+def lif_step(current, v, trpost, beta, theta, cfg: RuleConfig):
+    """reference.lif_step in one launch; returns (s, v+, trpost, psi)."""
     check_tensor("current", current)
     check_state("v", v, current)
     check_state("trpost", trpost, current)
@@ -58,15 +57,15 @@ def lif_step(current, v, trpost, beta, theta, cfg: RuleConfig, write_psi: bool =
     s = torch.empty(current.shape, dtype=current.dtype, device=current.device)
     v_new = torch.empty(current.shape, dtype=sd, device=current.device)
     tr_new = torch.empty_like(v_new)
-    psi = torch.empty_like(v_new) if write_psi else None
+    psi = torch.empty_like(v_new)
     if n:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
         _lif_step_kernel[grid](
             flat(current), flat(v), flat(trpost), beta, theta,
-            s, v_new, tr_new, psi if write_psi else v_new,
+            s, v_new, tr_new, psi,
             n, float(cfg.lambda_post),
             PSI=PSI_CODES[cfg.psi], SOFT_RESET=cfg.reset == "soft", POST_SPIKE=cfg.post == "spike",
-            WRITE_PSI=write_psi, enable_fp_fusion=False)  # no FMA: spikes bit-equal to the reference
+            enable_fp_fusion=False)  # no FMA: spikes bit-equal to the reference
     return s, v_new, tr_new, psi
 
 
