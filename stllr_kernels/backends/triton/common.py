@@ -109,12 +109,11 @@ def dot_config(dtype: torch.dtype):
     """(operand dtype of tl.dot, input_precision) for inputs of `dtype`; accumulation is fp32.
 
     float32 follows torch's matmul setting ("ieee" unless torch allows TF32, then "tf32" on the
-    tensor cores). bf16/fp16 run on the tensor cores in their own dtype (input_precision does not
-    apply to them), except bf16 in the interpreter: Triton 3.9's interpreter computes a bf16
-    tl.dot on the raw uint16 storage (garbage), so it takes the float32 path there.
+    tensor cores). bf16 runs on the tensor cores in its own dtype (input_precision does not apply),
+    except in the interpreter: Triton 3.9's interpreter computes a bf16 tl.dot on the raw uint16
+    storage (garbage), so it takes the float32 path there. fp16 takes the float32 path: products
+    such as L * psi of a small learning signal underflow fp16's exponent range (bf16 keeps fp32's).
     """
-    if dtype == torch.float16:
-        return tl.float16, "tf32"
     if dtype == torch.bfloat16 and not INTERPRETED:
         return tl.bfloat16, "tf32"
     return tl.float32, "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"

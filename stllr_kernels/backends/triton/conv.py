@@ -44,8 +44,9 @@ def _conv_products_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Operand dtype of the conv GEMMs: half types stay half (fp32 accumulation), else fp32."""
-    return dtype if dtype in (torch.float16, torch.bfloat16) else state_dtype(dtype)
+    """Operand dtype of the conv GEMMs: bf16 stays bf16 (fp32 accumulation), else fp32 (fp16
+    products of a small learning signal would underflow its exponent range)."""
+    return dtype if dtype == torch.bfloat16 else state_dtype(dtype)
 
 
 def conv_products(grad_s, psi, causal, trpost_prev, alpha_post: float, alpha_pre: float):
