@@ -151,6 +151,12 @@ TORCH_LIBRARY(stllr, m) {
         "Tensor trpre, Tensor s_prev, Tensor trrec_prev, Tensor weight, Tensor weight_rec, "
         "float alpha_post, float alpha_pre, bool needs_input_grad, bool needs_bias_grad) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  // The same gradients from the loss steps' sequences [D, B, ...] and the first loss step's traces
+  // (reverse-time form); see reference.recurrent_backward_reverse.
+  m.def("recurrent_backward_reverse(Tensor grad_s, Tensor psi, Tensor causal, Tensor trpost_prev, Tensor x, "
+        "Tensor trpre_first, Tensor s_prev, Tensor trrec_first, Tensor weight, Tensor weight_rec, "
+        "float lambda_pre, float alpha_post, float alpha_pre, bool needs_input_grad, bool needs_bias_grad) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("standardize_backward(Tensor grad_w_hat, Tensor normalized, Tensor scale, Tensor gain) "
         "-> (Tensor, Tensor)");
 }

@@ -2,13 +2,15 @@
 // recurrent_backward), shared by the CPU and CUDA backends: the GEMMs go through ATen (one input
 // GEMM over all T; per step one s[t-1] @ W_rec^T), the per-step element-wise work through a
 // device-specific function (CPU here, CUDA in cuda/recurrent.cu): recurrent add + LIF + post trace
-// + recurrent trace in one pass over the neurons.
+// + recurrent trace in one pass over the neurons. recurrent_backward_reverse: one reverse-time pass
+// over the loss steps builds the GEMM operands, then dW and dW_rec are each mm + addmm_.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <torch/library.h>
 
 #include "stllr.h"
@@ -128,6 +130,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_im
 
 namespace {
 
+// `t` as a contiguous [rows..., cols] tensor in `dtype`, checked to have exactly `shape`.
+at::Tensor operand(const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& like, c10::ScalarType dtype,
+                   const char* name, const char* what) {
+  check_floating(t, name);
+  check_same_device(t, like, name);
+  TORCH_CHECK(t.sizes() == shape, name, ": expected ", what, " of shape ", shape, ", got ", t.sizes());
+  return t.to(dtype).contiguous();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_reverse_impl(
+    const at::Tensor& grad_s, const at::Tensor& psi, const at::Tensor& causal, const at::Tensor& trpost_prev,
+    const at::Tensor& x, const at::Tensor& trpre_first, const at::Tensor& s_prev, const at::Tensor& trrec_first,
+    const at::Tensor& weight, const at::Tensor& weight_rec, double lambda_pre, double alpha_post,
+    double alpha_pre, bool needs_input_grad, bool needs_bias_grad, ReverseEligibilityFn scan) {
+  check_floating(grad_s, "grad_s");
+  TORCH_CHECK(grad_s.dim() == 3, "grad_s: expected the loss steps' sequence [D, B, N], got shape ", grad_s.sizes());
+  const int64_t D = grad_s.size(0), B = grad_s.size(1), N = grad_s.size(2);
+  check_floating(weight, "weight");
+  check_floating(weight_rec, "weight_rec");
+  check_same_device(weight, grad_s, "weight");
+  check_same_device(weight_rec, grad_s, "weight_rec");
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == N, "weight: expected shape [N, K] with N = ", N,
+              " (grad_s's last dim), got ", weight.sizes());
+  TORCH_CHECK(weight_rec.dim() == 2 && weight_rec.size(0) == N && weight_rec.size(1) == N,
+              "weight_rec: expected shape [", N, ", ", N, "], got ", weight_rec.sizes());
+  const int64_t K = weight.size(1);
+  const auto sd = state_dtype(grad_s.scalar_type());
+  const std::vector<int64_t> dbn = {D, B, N}, dbk = {D, B, K}, bn = {B, N}, bk = {B, K};
+  ReverseEligibility r;
+  r.L = operand(grad_s, dbn, grad_s, sd, "grad_s", "a sequence");
+  r.psi = operand(psi, dbn, grad_s, sd, "psi", "a sequence like grad_s");
+  r.causal = operand(causal, dbn, grad_s, sd, "causal", "a sequence like grad_s");
+  r.trpost_prev = operand(trpost_prev, dbn, grad_s, sd, "trpost_prev", "a sequence like grad_s");
+  const at::Tensor xs = operand(x, dbk, grad_s, sd, "x", "a sequence [D, B, K]");
+  const at::Tensor sp = operand(s_prev, dbn, grad_s, sd, "s_prev", "a sequence like grad_s");
+  const at::Tensor tr0 = operand(trpre_first, bk, grad_s, sd, "trpre_first", "the first loss step's trace [B, K]");
+  const at::Tensor rr0 = operand(trrec_first, bn, grad_s, sd, "trrec_first", "the first loss step's trace [B, N]");
+  r.lambda_pre = lambda_pre;
+  r.alpha_post = alpha_post;
+  r.alpha_pre = alpha_pre;
+  r.A = at::empty({D * B, N}, r.L.options());
+  r.C = at::empty({B, N}, r.L.options());
+  r.g = at::empty({D * B, N}, r.L.options());
+  if (D > 0 && B * N > 0) scan(r);
+  else r.C.zero_();
+  at::Tensor grad_w = at::mm(r.A.t(), xs.view({D * B, K}));
+  grad_w.addmm_(r.C.t(), tr0);
+  at::Tensor grad_w_rec = at::mm(r.A.t(), sp.view({D * B, N}));
+  grad_w_rec.addmm_(r.C.t(), rr0);
+  at::Tensor grad_x = at::empty({0}, x.options());
+  if (needs_input_grad) grad_x = at::mm(r.g, weight.to(sd)).to(x.scalar_type()).view(dbk);
+  at::Tensor grad_b = at::empty({0}, weight.options());
+  if (needs_bias_grad) grad_b = at::sum(r.g, {0}).to(weight.scalar_type());
+  return {grad_x, grad_w.to(weight.scalar_type()), grad_b, grad_w_rec.to(weight_rec.scalar_type())};
+}
+
+namespace {
+
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
@@ -209,6 +271,53 @@ void leaky_scan_cpu(const at::Tensor& currents, const at::Tensor& v, const at::T
   });
 }
 
+// ReverseEligibility's pass: each thread owns a range of neurons and walks the D steps backwards,
+// keeping G in C's slice of that range (scaled by alpha_pre at the end); reads and writes are
+// contiguous per step, so the inner loops vectorise.
+template <typename T>
+void reverse_eligibility_cpu_typed(const ReverseEligibility& r) {
+  const int64_t D = r.L.size(0), n = r.L.numel() / D;
+  const T lam = static_cast<T>(r.lambda_pre), ap = static_cast<T>(r.alpha_post), ac = static_cast<T>(r.alpha_pre);
+  const T *L = r.L.const_data_ptr<T>(), *psi = r.psi.const_data_ptr<T>(), *causal = r.causal.const_data_ptr<T>(),
+          *prev = r.trpost_prev.const_data_ptr<T>();
+  T *A = r.A.mutable_data_ptr<T>(), *C = r.C.mutable_data_ptr<T>(), *g = r.g.mutable_data_ptr<T>();
+  at::parallel_for(0, n, std::max<int64_t>(1, kGrainSize / D), [&](int64_t begin, int64_t end) {
+    const int64_t m = end - begin;
+    T* __restrict__ G = C + begin;
+    std::fill(G, G + m, T(0));
+    for (int64_t d = D - 1; d >= 0; --d) {
+      const int64_t o = d * n + begin;
+      const T *__restrict__ Ld = L + o, *__restrict__ sd = psi + o, *__restrict__ cd = causal + o,
+              *__restrict__ pd = prev + o;
+      T *__restrict__ Ad = A + o, *__restrict__ gd = g + o;
+      const T acd = d > 0 ? ac : T(0);  // the first step's causal term goes to C (its trace is carried in)
+      for (int64_t i = 0; i < m; ++i) {
+        const T l = Ld[i];
+        const T G_new = lam * G[i] + l * cd[i];
+        G[i] = G_new;
+        Ad[i] = ap * (l * pd[i]) + acd * G_new;
+        gd[i] = l * sd[i];
+      }
+    }
+    for (int64_t i = 0; i < m; ++i) G[i] = ac * G[i];
+  });
+}
+
+void reverse_eligibility_cpu(const ReverseEligibility& r) {
+  if (r.L.scalar_type() == at::kDouble) reverse_eligibility_cpu_typed<double>(r);
+  else reverse_eligibility_cpu_typed<float>(r);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_reverse_cpu(
+    const at::Tensor& grad_s, const at::Tensor& psi, const at::Tensor& causal, const at::Tensor& trpost_prev,
+    const at::Tensor& x, const at::Tensor& trpre_first, const at::Tensor& s_prev, const at::Tensor& trrec_first,
+    const at::Tensor& weight, const at::Tensor& weight_rec, double lambda_pre, double alpha_post,
+    double alpha_pre, bool needs_input_grad, bool needs_bias_grad) {
+  return recurrent_backward_reverse_impl(grad_s, psi, causal, trpost_prev, x, trpre_first, s_prev, trrec_first,
+                                         weight, weight_rec, lambda_pre, alpha_post, alpha_pre, needs_input_grad,
+                                         needs_bias_grad, &reverse_eligibility_cpu);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            at::Tensor, at::Tensor>
 recurrent_sequence_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -243,4 +352,5 @@ TORCH_LIBRARY_IMPL(stllr, CPU, m) {
   m.impl("recurrent_sequence", &stllr::recurrent_sequence_cpu);
   m.impl("readout_sequence", &stllr::readout_sequence_cpu);
   m.impl("recurrent_backward", &stllr::recurrent_backward_cpu);
+  m.impl("recurrent_backward_reverse", &stllr::recurrent_backward_reverse_cpu);
 }

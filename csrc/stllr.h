@@ -189,6 +189,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_im
     const at::Tensor& weight, const at::Tensor& weight_rec, double alpha_post, double alpha_pre,
     bool needs_input_grad, bool needs_bias_grad, ProductsFn products);
 
+// The reverse-time form of recurrent_backward (reference.recurrent_backward_reverse): one pass over
+// n = B*N neurons (device specific) walks the D loss steps backwards with G = lambda_pre * G + L * causal
+// and writes, all [D, n] contiguous in the state dtype,
+//   A[d] = alpha_post * L * trpost_prev + (d > 0 ? alpha_pre * G : 0),  g[d] = L * psi,
+// and C = alpha_pre * G_0 [n]; dW = A^T x + C^T trpre_first is then two ATen GEMMs.
+struct ReverseEligibility {
+  at::Tensor L, psi, causal, trpost_prev;  // inputs [D, n]
+  at::Tensor A, C, g;                      // outputs
+  double lambda_pre, alpha_post, alpha_pre;
+};
+using ReverseEligibilityFn = void (*)(const ReverseEligibility&);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_reverse_impl(
+    const at::Tensor& grad_s, const at::Tensor& psi, const at::Tensor& causal, const at::Tensor& trpost_prev,
+    const at::Tensor& x, const at::Tensor& trpre_first, const at::Tensor& s_prev, const at::Tensor& trrec_first,
+    const at::Tensor& weight, const at::Tensor& weight_rec, double lambda_pre, double alpha_post,
+    double alpha_pre, bool needs_input_grad, bool needs_bias_grad, ReverseEligibilityFn scan);
+
 // ---------------------------------------------------------------- standardization (standardize.cpp)
 
 // Checks the arguments of standardize_backward; returns fan_in.

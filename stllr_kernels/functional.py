@@ -13,7 +13,8 @@ Functions, one per layer kind and execution mode (all give the same gradients):
 - `STLLRStep` / `STLLRSequence`: a feed-forward (linear or conv) layer, one step or all T steps
   (one current GEMM/conv, one LIF-sequence op, one eligibility GEMM over the loss steps);
 - `RecurrentSTLLR`: the recurrent layer over T steps (T = 1 online): one `recurrent_sequence` op
-  forward, one `recurrent_backward` op (W and W_rec over the D x B loss rows) backward;
+  forward, one backward op for W and W_rec over the D loss steps: `recurrent_backward_reverse` (the
+  reverse-time form) when `reverse_time_pays(D)`, else `recurrent_backward`;
 - `ReadoutSTLLR`: the readout layer over T steps (T = 1 online): one `readout_sequence` op.
 """
 from __future__ import annotations
@@ -175,6 +176,15 @@ class STLLRSequence(torch.autograd.Function):
         return (grad_x, grad_w, grad_gain, grad_b) + (None,) * 9
 
 
+def reverse_time_pays(loss_steps: int) -> bool:
+    """The one rule choosing the recurrent layer's backward form. The forward-time form
+    (`recurrent_backward`) reduces its eligibility GEMMs over 2 x D x B rows (causal and non-causal
+    term); the reverse-time form (`recurrent_backward_reverse`, see the reference) over (D + 1) x B
+    rows after one reverse pass over the loss steps, and keeps only the first loss step's traces. So
+    it pays from D = 2 on; at D = 1 (every online step) the two are the same GEMMs."""
+    return loss_steps >= 2
+
+
 class RecurrentSTLLR(torch.autograd.Function):
     """The recurrent S-TLLR layer over T steps of x_seq [T, B, K] (T = 1: one online step).
 
@@ -192,6 +202,9 @@ class RecurrentSTLLR(torch.autograd.Function):
          trrec_prev) = ops.recurrent_sequence(x_seq, std.weight, bias, std_rec.weight, s_prev, v, trpost,
                                               trpre, trrec, beta, theta, cfg, save_from)
         causal = s_seq[save_from:] if cfg.post == "spike" else None
+        ctx.reverse = reverse_time_pays(x_seq.shape[0] - save_from)
+        if ctx.reverse:  # only the first loss step's traces (copies, so the sequences are freed)
+            trpre_saved, trrec_prev = trpre_saved[0].clone(), trrec_prev[0].clone()
         ctx.save_for_backward(x_seq[save_from:], trpre_saved, trpost_prev, psi, causal, s_prev_saved,
                               trrec_prev, gain, gain_rec)
         ctx.std, ctx.std_rec, ctx.cfg, ctx.has_bias = std, std_rec, cfg, bias is not None
@@ -210,11 +223,17 @@ class RecurrentSTLLR(torch.autograd.Function):
         ops = get_ops(grad_s_seq.device)
         grad_s = grad_s_seq[save_from:]
         causal = psi if causal is None else causal
-        grad_x_loss, grad_w_hat, grad_b, grad_w_rec_hat = ops.recurrent_backward(
-            grad_s.flatten(0, 1), psi.flatten(0, 1), causal.flatten(0, 1), trpost_prev.flatten(0, 1),
-            x.flatten(0, 1), trpre.flatten(0, 1), s_prev.flatten(0, 1), trrec_prev.flatten(0, 1),
-            ctx.std.weight, ctx.std_rec.weight, cfg.alpha_post, cfg.alpha_pre, needs[0],
-            ctx.has_bias and needs[3])
+        if ctx.reverse:  # trpre, trrec_prev: the first loss step's traces [B, K], [B, N]
+            grad_x_loss, grad_w_hat, grad_b, grad_w_rec_hat = ops.recurrent_backward_reverse(
+                grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec_prev, ctx.std.weight,
+                ctx.std_rec.weight, cfg.lambda_pre, cfg.alpha_post, cfg.alpha_pre, needs[0],
+                ctx.has_bias and needs[3])
+        else:
+            grad_x_loss, grad_w_hat, grad_b, grad_w_rec_hat = ops.recurrent_backward(
+                grad_s.flatten(0, 1), psi.flatten(0, 1), causal.flatten(0, 1), trpost_prev.flatten(0, 1),
+                x.flatten(0, 1), trpre.flatten(0, 1), s_prev.flatten(0, 1), trrec_prev.flatten(0, 1),
+                ctx.std.weight, ctx.std_rec.weight, cfg.alpha_post, cfg.alpha_pre, needs[0],
+                ctx.has_bias and needs[3])
         grad_w, grad_gain = _through_standardization(ops, grad_w_hat, ctx.std, gain, needs[1], needs[2])
         grad_w_rec, grad_gain_rec = _through_standardization(ops, grad_w_rec_hat, ctx.std_rec, gain_rec,
                                                              needs[4], needs[5])

@@ -225,6 +225,48 @@ def recurrent_backward(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev:
     return grad_x, grad_w, grad_b, grad_w_rec
 
 
+def recurrent_backward_reverse(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tensor, x: Tensor,
+                               trpre_first: Tensor, s_prev: Tensor, trrec_first: Tensor, weight: Tensor,
+                               weight_rec: Tensor, lambda_pre: float, alpha_post: float, alpha_pre: float,
+                               needs_input_grad: bool = True, needs_bias_grad: bool = True):
+    """`recurrent_backward` over D loss steps in reverse-time form: the same sums, added in another order.
+
+    Inputs are sequences [D, B, ...] of the loss steps d = 0..D-1 (L, psi, causal, trpost[t-1], x[t],
+    s[t-1]) and only the FIRST loss step's traces: trpre_first = trpre[t0] [B, K] and
+    trrec_first = trrec[t0-1] [B, N]. The later traces follow from trpre[d] = lambda_pre trpre[d-1] + x[d],
+    so with a_d = L_d * causal_d and the reverse-time trace G_d = lambda_pre G_{d+1} + a_d (G_D = 0):
+
+        sum_d a_d^T trpre[d] = sum_{d>=1} G_d^T x[d] + G_0^T trpre_first
+
+    (likewise for W_rec with x -> s[t-1], trpre -> trrec[t-1]). Hence with
+    A_d = alpha_post L_d * trpost_prev_d + alpha_pre G_d [d >= 1] and C = alpha_pre G_0:
+
+        dW = A^T x + C^T trpre_first          dW_rec = A^T s_prev + C^T trrec_first
+
+    one GEMM over the D x B rows plus one over B rows (the forward-time form: 2 x D x B), and the
+    trace sequences need not be kept. dx and db are as in linear_backward. Returns (dx, dW, db, dW_rec).
+    """
+    sd = state_dtype(grad_s.dtype)
+    L = grad_s.to(sd)
+    a = L * causal.to(sd)
+    A = alpha_post * (L * trpost_prev.to(sd))
+    G = torch.zeros_like(L[0]) if L.shape[0] else L.new_zeros(L.shape[1:])
+    for d in reversed(range(L.shape[0])):
+        G = lambda_pre * G + a[d]
+        if d > 0:
+            A[d] = A[d] + alpha_pre * G
+    C = alpha_pre * G
+    A = A.flatten(0, 1)
+    grad_w = A.t() @ x.to(sd).flatten(0, 1) + C.t() @ trpre_first.to(sd)
+    grad_w_rec = A.t() @ s_prev.to(sd).flatten(0, 1) + C.t() @ trrec_first.to(sd)
+    g_psi = (L * psi.to(sd)).flatten(0, 1)
+    grad_x = None
+    if needs_input_grad:
+        grad_x = (g_psi @ weight.to(sd)).to(x.dtype).view(*grad_s.shape[:-1], x.shape[-1])
+    grad_b = g_psi.sum(0).to(weight.dtype) if needs_bias_grad else None
+    return grad_x, grad_w.to(weight.dtype), grad_b, grad_w_rec.to(weight_rec.dtype)
+
+
 def conv_backward(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tensor, x: Tensor,
                   trpre: Tensor, weight: Tensor, stride, padding, dilation, groups: int,
                   alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,

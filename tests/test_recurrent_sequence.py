@@ -11,6 +11,7 @@ import torch
 from stllr_kernels import reference as R
 from stllr_kernels.backends import get_ops, unavailable_reason
 from stllr_kernels.config import RuleConfig
+from stllr_kernels.functional import reverse_time_pays
 from stllr_kernels.nn import Conv2dSTLLR, LinearRecSTLLR, LinearSTLLR
 
 from conftest import backend, tol
@@ -109,6 +110,75 @@ def test_recurrent_backward(seed, name, rows, K, N):
                 torch.testing.assert_close(g, w, **tol(torch.float32, rows * max(K, N)))
 
 
+def forward_time_inputs(D, B, K, N, lambda_pre, post, dtype):
+    """The loss steps' operands of recurrent_backward, with the trace sequences built from nonzero
+    carried-in traces by SPEC's recurrences: trpre[d] = lambda trpre[d-1] + x[d] and
+    trrec[t-1] = lambda trrec[t-2] + s[t-1]."""
+    sd = R.state_dtype(dtype)
+    L = torch.randn(D, B, N).to(dtype)
+    psi, prev = torch.rand(D, B, N, dtype=sd), torch.rand(D, B, N, dtype=sd)
+    spikes = (torch.rand(D, B, N) < 0.4).to(sd)
+    causal = psi if post == "psi" else spikes
+    x, s_prev = (torch.rand(D, B, K) < 0.5).to(dtype), (torch.rand(D, B, N) < 0.4).to(dtype)
+    trpre, trrec = [torch.rand(B, K, dtype=sd) + 0.5], [torch.rand(B, N, dtype=sd) + 0.5]
+    for d in range(1, D):
+        trpre.append(lambda_pre * trpre[-1] + x[d].to(sd))
+        trrec.append(lambda_pre * trrec[-1] + s_prev[d].to(sd))
+    trpre, trrec = torch.stack(trpre)[:D], torch.stack(trrec)[:D]
+    weight, weight_rec = torch.randn(N, K).to(dtype), torch.randn(N, N).to(dtype)
+    return L, psi, causal, prev, x, trpre, s_prev, trrec, weight, weight_rec
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("post", ["psi", "spike"])
+# (D, B, K, N): one of everything, batch 1, odd sizes and a block + 1, D = 0
+@pytest.mark.parametrize("D,B,K,N", [(1, 1, 1, 1), (2, 1, 3, 5), (7, 3, 7, 33), (12, 2, 40, 65), (0, 2, 3, 4)])
+def test_recurrent_backward_reverse_equals_the_forward_time_oracle(seed, name, dtype, post, D, B, K, N):
+    """The reverse-time op gives what SPEC's forward-time rule (reference.recurrent_backward over the
+    trace sequences) gives, from the first loss step's traces only."""
+    for lambda_pre, alpha_post, alpha_pre in ((0.8, -0.2, 1.0), (1.0, 0.7, 0.5), (0.0, 1.0, 1.0)):
+        L, psi, causal, prev, x, trpre, s_prev, trrec, weight, weight_rec = forward_time_inputs(
+            D, B, K, N, lambda_pre, post, dtype)
+        rows = lambda t: t.flatten(0, 1)  # noqa: E731
+        want = R.recurrent_backward(rows(L), rows(psi), rows(causal), rows(prev), rows(x), rows(trpre),
+                                    rows(s_prev), rows(trrec), weight, weight_rec, alpha_post, alpha_pre)
+        first_trpre = trpre[0] if D else torch.rand(B, K, dtype=trpre.dtype)
+        first_trrec = trrec[0] if D else torch.rand(B, N, dtype=trrec.dtype)
+        with backend(name):
+            got = get_ops("cpu").recurrent_backward_reverse(L, psi, causal, prev, x, first_trpre, s_prev,
+                                                            first_trrec, weight, weight_rec, lambda_pre,
+                                                            alpha_post, alpha_pre)
+        # reductions: dx over N; dW, db, dW_rec over the D x B rows (and G over up to D steps)
+        for what, g, w, reduction in zip(("dx", "dW", "db", "dW_rec"), got, want, (N, D * B, D * B, D * B)):
+            assert g.dtype == w.dtype, what
+            torch.testing.assert_close(g, w.view(g.shape), **tol(dtype, reduction), msg=what)
+    if D > 1:
+        assert want[1].abs().max() > 0.1, "the test should produce nonzero weight gradients"
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_recurrent_backward_reverse_skips_what_is_not_needed(seed, name):
+    args = forward_time_inputs(3, 2, 5, 4, 0.9, "psi", torch.float32)
+    L, psi, causal, prev, x, trpre, s_prev, trrec, weight, weight_rec = args
+    with backend(name):
+        dx, dw, db, dw_rec = get_ops("cpu").recurrent_backward_reverse(
+            L, psi, causal, prev, x, trpre[0], s_prev, trrec[0], weight, weight_rec, 0.9, 1.0, 1.0, False, False)
+    assert dx is None and db is None and dw.shape == (4, 5) and dw_rec.shape == (4, 4)
+
+
+@pytest.mark.parametrize("name", [p for p in BACKENDS if p.values[0] != "torch"])
+@pytest.mark.parametrize("bad", ["trpre_first", "x", "weight_rec"])
+def test_recurrent_backward_reverse_names_a_bad_argument(seed, name, bad):
+    L, psi, causal, prev, x, trpre, s_prev, trrec, weight, weight_rec = forward_time_inputs(
+        3, 2, 5, 4, 0.9, "psi", torch.float32)
+    args = dict(trpre_first=trpre[0], x=x, weight_rec=weight_rec)
+    args[bad] = args[bad][..., :-1]  # one column short
+    with backend(name), pytest.raises((ValueError, RuntimeError), match=bad):
+        get_ops("cpu").recurrent_backward_reverse(L, psi, causal, prev, args["x"], args["trpre_first"], s_prev,
+                                                  trrec[0], weight, args["weight_rec"], 0.9, 1.0, 1.0)
+
+
 @pytest.mark.parametrize("shape", [(1, 2), (5, 7), (33, 65), (4, 3, 3, 3), (6, 1, 5, 1)], ids=str)
 def test_standardize_backward_is_autograd_of_standardize_weight(seed, shape):
     weight = torch.randn(shape, dtype=torch.float64, requires_grad=True)
@@ -147,6 +217,11 @@ def test_opcheck_new_ops(seed):
     torch.library.opcheck(torch.ops.stllr.recurrent_backward.default,
                           (L, m, m, m, torch.rand(6, 5), torch.rand(6, 5), m, m, weight, torch.randn(4, 4),
                            -0.2, 1.0, True, True))
+    for needs in (True, False):
+        torch.library.opcheck(torch.ops.stllr.recurrent_backward_reverse.default,
+                              (L.view(3, 2, 4), m.view(3, 2, 4), m.view(3, 2, 4), m.view(3, 2, 4),
+                               torch.rand(3, 2, 5), torch.rand(2, 5), m.view(3, 2, 4), torch.rand(2, 4), weight,
+                               torch.randn(4, 4), 0.9, -0.2, 1.0, needs, needs))
     _, n, s = R.standardize(torch.randn(4, 5), torch.ones(4, 1))
     torch.library.opcheck(torch.ops.stllr.standardize_backward.default, (torch.randn(4, 5), n, s, torch.ones(4, 1)))
 
@@ -173,7 +248,8 @@ def run(layer, xs, loss_steps, mode, weights):
 
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("post", ["psi", "spike"])
-def test_recurrent_layer_online_equals_time_fused(seed, name, post):
+@pytest.mark.parametrize("loss_steps", [1, 4, 6])  # the forward-time form, the reverse-time form twice
+def test_recurrent_layer_online_equals_time_fused(seed, name, post, loss_steps, monkeypatch):
     layer = LinearRecSTLLR(21, 34, leak=0.5, post=post, psi="sigmoid" if post == "psi" else "triangle")
     with torch.no_grad():
         layer.weight.copy_(dyadic(34, 21, scale=2.0))
@@ -181,17 +257,29 @@ def test_recurrent_layer_online_equals_time_fused(seed, name, post):
     xs = (torch.rand(6, 3, 21) < 0.5).float()
     weights = torch.randn(6, 3, 34)
     with backend(name):
-        results = {}
+        ops, calls = get_ops("cpu"), []
+        for op in ("recurrent_backward", "recurrent_backward_reverse"):
+            def spy(*args, _op=op, _real=getattr(ops, op), **kwargs):
+                calls.append(_op)
+                return _real(*args, **kwargs)
+            monkeypatch.setattr(ops, op, spy)
+        results, taken = {}, {}
         for mode in ("online", "fused"):
             copy_ = copy.deepcopy(layer)
-            out = run(copy_, xs, 4, mode, weights)
+            calls.clear()
+            out = run(copy_, xs, loss_steps, mode, weights)
             results[mode] = out, {n: p.grad for n, p in copy_.named_parameters() if p.requires_grad}
+            taken[mode] = list(calls)
+    # online: one forward-time backward per loss step; fused: one backward, reverse-time from D = 2 on
+    assert reverse_time_pays(loss_steps) == (loss_steps > 1)
+    assert taken["online"] == ["recurrent_backward"] * loss_steps
+    assert taken["fused"] == ["recurrent_backward_reverse" if loss_steps > 1 else "recurrent_backward"]
     (out_a, grads_a), (out_b, grads_b) = results["online"], results["fused"]
     assert torch.equal(out_a, out_b)
     assert 0 < out_a.mean() < 1
     assert set(grads_a) == {"weight", "bias", "gain", "weight_rec", "gain_rec"}
     for n in grads_a:
-        torch.testing.assert_close(grads_a[n], grads_b[n], **tol(torch.float32, 3 * 4 * 34), msg=n)
+        torch.testing.assert_close(grads_a[n], grads_b[n], **tol(torch.float32, 3 * loss_steps * 34), msg=n)
 
 
 def test_standardization_follows_an_optimizer_step_inside_the_sequence(seed):

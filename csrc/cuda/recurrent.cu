@@ -1,7 +1,8 @@
 // CUDA versions of the recurrent layers' device-specific passes (see ../recurrent.cpp): the
 // recurrent step (recurrent add + LIF + post trace + recurrent trace, one thread per neuron) and the
-// readout's leaky scan over T (one thread per neuron, v in a register). The GEMMs go through ATen
-// (cuBLAS); standardize_backward uses the ATen composite of ../standardize.cpp.
+// readout's leaky scan over T (one thread per neuron, v in a register), and the reverse-time pass of
+// recurrent_backward_reverse. The GEMMs go through ATen (cuBLAS); standardize_backward uses the ATen
+// composite of ../standardize.cpp.
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -53,6 +54,39 @@ __global__ void leaky_scan_kernel(const scalar_t* __restrict__ cur, const acc_t*
       out[t * n + i] = v;
     }
   }
+}
+
+// ReverseEligibility's pass (../recurrent.cpp): one thread per neuron walks the D steps backwards
+// with G in a register; per step the warp's reads and writes are contiguous.
+template <typename T>
+__global__ void reverse_eligibility_kernel(const T* __restrict__ L, const T* __restrict__ psi,
+                                           const T* __restrict__ causal, const T* __restrict__ prev,
+                                           T* __restrict__ A, T* __restrict__ C, T* __restrict__ g, T lambda_pre,
+                                           T alpha_post, T alpha_pre, int64_t D, int64_t n) {
+  STLLR_GRID_STRIDE(i, n) {
+    T G = T(0);
+    for (int64_t d = D - 1; d >= 0; --d) {
+      const int64_t o = d * n + i;
+      const T l = L[o];
+      G = lambda_pre * G + l * causal[o];
+      A[o] = alpha_post * (l * prev[o]) + (d > 0 ? alpha_pre * G : T(0));
+      g[o] = l * psi[o];
+    }
+    C[i] = alpha_pre * G;
+  }
+}
+
+void reverse_eligibility_cuda(const ReverseEligibility& r) {
+  const int64_t D = r.L.size(0), n = r.L.numel() / D;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(r.L.scalar_type(), "reverse_eligibility_cuda", [&] {
+    reverse_eligibility_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        r.L.const_data_ptr<scalar_t>(), r.psi.const_data_ptr<scalar_t>(), r.causal.const_data_ptr<scalar_t>(),
+        r.trpost_prev.const_data_ptr<scalar_t>(), r.A.mutable_data_ptr<scalar_t>(),
+        r.C.mutable_data_ptr<scalar_t>(), r.g.mutable_data_ptr<scalar_t>(), static_cast<scalar_t>(r.lambda_pre),
+        static_cast<scalar_t>(r.alpha_post), static_cast<scalar_t>(r.alpha_pre), D, n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 void recurrent_step_cuda(const RecurrentStep& st) {
@@ -120,6 +154,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_cu
                                  &eligibility_products_cuda);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_reverse_cuda(
+    const at::Tensor& grad_s, const at::Tensor& psi, const at::Tensor& causal, const at::Tensor& trpost_prev,
+    const at::Tensor& x, const at::Tensor& trpre_first, const at::Tensor& s_prev, const at::Tensor& trrec_first,
+    const at::Tensor& weight, const at::Tensor& weight_rec, double lambda_pre, double alpha_post,
+    double alpha_pre, bool needs_input_grad, bool needs_bias_grad) {
+  const c10::cuda::CUDAGuard guard(grad_s.device());
+  return recurrent_backward_reverse_impl(grad_s, psi, causal, trpost_prev, x, trpre_first, s_prev, trrec_first,
+                                         weight, weight_rec, lambda_pre, alpha_post, alpha_pre, needs_input_grad,
+                                         needs_bias_grad, &reverse_eligibility_cuda);
+}
+
 std::tuple<at::Tensor, at::Tensor> standardize_backward_cuda(const at::Tensor& grad_w_hat,
                                                              const at::Tensor& normalized,
                                                              const at::Tensor& scale, const at::Tensor& gain) {
@@ -134,5 +179,6 @@ TORCH_LIBRARY_IMPL(stllr, CUDA, m) {
   m.impl("recurrent_sequence", &stllr::cuda::recurrent_sequence_cuda);
   m.impl("readout_sequence", &stllr::cuda::readout_sequence_cuda);
   m.impl("recurrent_backward", &stllr::cuda::recurrent_backward_cuda);
+  m.impl("recurrent_backward_reverse", &stllr::cuda::recurrent_backward_reverse_cuda);
   m.impl("standardize_backward", &stllr::cuda::standardize_backward_cuda);
 }

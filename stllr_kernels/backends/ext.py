@@ -127,6 +127,15 @@ def recurrent_backward(grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec
     return (dx if needs_input_grad else None), dw, (db if needs_bias_grad else None), dw_rec
 
 
+def recurrent_backward_reverse(grad_s, psi, causal, trpost_prev, x, trpre_first, s_prev, trrec_first, weight,
+                               weight_rec, lambda_pre: float, alpha_post: float, alpha_pre: float,
+                               needs_input_grad: bool = True, needs_bias_grad: bool = True):
+    dx, dw, db, dw_rec = torch.ops.stllr.recurrent_backward_reverse(
+        grad_s, psi, causal, trpost_prev, x, trpre_first, s_prev, trrec_first, weight, weight_rec,
+        float(lambda_pre), float(alpha_post), float(alpha_pre), bool(needs_input_grad), bool(needs_bias_grad))
+    return (dx if needs_input_grad else None), dw, (db if needs_bias_grad else None), dw_rec
+
+
 def conv_backward(grad_s: Tensor, psi: Tensor, causal: Tensor, trpost_prev: Tensor, x: Tensor,
                   trpre: Tensor, weight: Tensor, stride, padding, dilation, groups: int,
                   alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
@@ -218,6 +227,15 @@ def _register_fakes() -> None:
     @register("stllr::recurrent_backward")
     def _recurrent_backward(grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec_prev, weight,
                             weight_rec, alpha_post, alpha_pre, needs_input_grad, needs_bias_grad):
+        n, k = weight.shape
+        dx = x.new_empty((*grad_s.shape[:-1], k)) if needs_input_grad else x.new_empty((0,))
+        db = weight.new_empty((n,)) if needs_bias_grad else weight.new_empty((0,))
+        return dx, weight.new_empty((n, k)), db, weight_rec.new_empty(weight_rec.shape)
+
+    @register("stllr::recurrent_backward_reverse")
+    def _recurrent_backward_reverse(grad_s, psi, causal, trpost_prev, x, trpre_first, s_prev, trrec_first,
+                                    weight, weight_rec, lambda_pre, alpha_post, alpha_pre, needs_input_grad,
+                                    needs_bias_grad):
         n, k = weight.shape
         dx = x.new_empty((*grad_s.shape[:-1], k)) if needs_input_grad else x.new_empty((0,))
         db = weight.new_empty((n,)) if needs_bias_grad else weight.new_empty((0,))

@@ -52,13 +52,16 @@ if _IMPORT_ERROR is None:
     from .triton.eligibility import linear_backward
     from .triton.lif import lif_sequence, lif_step
     from .triton.trace import pre_trace, trace_sequence
-    from .triton.recurrent import readout_sequence, recurrent_backward, recurrent_sequence
+    from .triton.recurrent import (readout_sequence, recurrent_backward, recurrent_backward_reverse,
+                                   recurrent_sequence)
     from .triton.standardize import standardize_backward
     (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
-     recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward) = map(
+     recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward,
+     recurrent_backward_reverse) = map(
         _launcher,
         (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
-         recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward))
+         recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward,
+         recurrent_backward_reverse))
 else:
     INTERPRETED = False
 
@@ -68,10 +71,11 @@ else:
 
     lif_step = pre_trace = lif_sequence = trace_sequence = linear_backward = conv_backward = _missing
     recurrent_sequence = readout_sequence = recurrent_backward = standardize_backward = _missing
+    recurrent_backward_reverse = _missing
 
 __all__ = ["lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward",
            "conv_backward", "recurrent_sequence", "readout_sequence", "recurrent_backward",
-           "standardize_backward", "unavailable_reason"]
+           "standardize_backward", "recurrent_backward_reverse", "unavailable_reason"]
 
 
 def unavailable_reason(name: str, device_type: str) -> Optional[str]:

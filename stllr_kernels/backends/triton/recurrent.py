@@ -5,7 +5,10 @@ of `_recurrent_step_kernel`, a GEMM s[t-1] @ W_rec^T whose epilogue adds the inp
 the LIF step, the post trace and the recurrent trace on the tile in registers (nothing of the
 recurrent current goes to memory). readout_sequence: one GEMM, then `_leaky_scan_kernel` walks
 v = beta v + I over T with v in registers. recurrent_backward: the eligibility GEMM of W and of
-W_rec over all loss rows (eligibility.py), one launch each.
+W_rec over all loss rows (eligibility.py), one launch each. recurrent_backward_reverse: one launch of
+`_reverse_eligibility_kernel` walks the loss steps backwards (G in registers) and writes the GEMM
+operands; then per weight the eligibility GEMM kernel over the D x B rows and once more, accumulating,
+over the B rows of the first loss step's trace.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from ...psi import PSI_CODES
 from ...reference import state_dtype
 from .common import (INTERPRETED, check_save_from, check_scalar, check_tensor, dot_config, flat, lif_update,
                      sequence_configs)
-from .eligibility import linear_backward
+from .eligibility import eligibility_weight_grad, linear_backward, signal_grad
 from .trace import trace_sequence
 
 
@@ -91,6 +94,27 @@ def _leaky_scan_kernel(cur_ptr, v_ptr, beta_ptr, out_ptr, n, T, BLOCK: tl.conste
         tl.store(out_ptrs, v, mask=mask)
         cur_ptrs += n
         out_ptrs += n
+
+
+@triton.autotune(configs=sequence_configs(), key=["n", "D"])
+@triton.jit
+def _reverse_eligibility_kernel(l_ptr, causal_ptr, prev_ptr, a_ptr, c_ptr, n, D, last_row, lambda_pre,
+                                alpha_post, alpha_pre, BLOCK: tl.constexpr):
+    """Over [D, n] inputs, d = D-1..0: G = lambda_pre G + L causal; A[d] = alpha_post L trpost_prev
+    (+ alpha_pre G for d > 0); then C = alpha_pre G_0 (reference.recurrent_backward_reverse).
+    last_row = (D - 1) * n comes from the host (an int64 when it needs one)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    G = tl.zeros((BLOCK,), dtype=tl.float32)
+    o = offs + last_row
+    for i in range(0, D):
+        L = tl.load(l_ptr + o, mask=mask, other=0.0).to(tl.float32)
+        G = lambda_pre * G + L * tl.load(causal_ptr + o, mask=mask, other=0.0).to(tl.float32)
+        a = alpha_post * (L * tl.load(prev_ptr + o, mask=mask, other=0.0).to(tl.float32))
+        a = tl.where(i < D - 1, a + alpha_pre * G, a)  # step 0's causal term goes to C
+        tl.store(a_ptr + o, a, mask=mask)
+        o -= n
+    tl.store(c_ptr + offs, alpha_pre * G, mask=mask)
 
 
 def _step_blocks():
@@ -177,4 +201,49 @@ def recurrent_backward(grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec
                                              alpha_post, alpha_pre, needs_input_grad, needs_bias_grad)
     _, grad_w_rec, _ = linear_backward(grad_s, psi, causal, trpost_prev, s_prev, trrec_prev, weight_rec,
                                        alpha_post, alpha_pre, False, False)
+    return grad_x, grad_w, grad_b, grad_w_rec
+
+
+def _gemm_two_parts(A, rows, C, first, out_dtype):
+    """A^T rows + C^T first with the eligibility GEMM kernel (plain products: factor 1, no post term),
+    the second launch accumulating into the first's output."""
+    out, _ = eligibility_weight_grad(A, None, None, None, rows, rows, 0.0, 1.0, out_dtype, need_bias=False)
+    eligibility_weight_grad(C, None, None, None, first, first, 0.0, 1.0, need_bias=False, out=out)
+    return out
+
+
+def recurrent_backward_reverse(grad_s, psi, causal, trpost_prev, x, trpre_first, s_prev, trrec_first, weight,
+                               weight_rec, lambda_pre: float, alpha_post: float, alpha_pre: float,
+                               needs_input_grad: bool = True, needs_bias_grad: bool = True):
+    """reference.recurrent_backward_reverse: the reverse-time launch, then two GEMM launches per weight."""
+    check_tensor("grad_s", grad_s)
+    if grad_s.dim() != 3:
+        raise ValueError(f"grad_s: expected the loss steps' sequence [D, B, N], got shape {tuple(grad_s.shape)}")
+    D, B, N = grad_s.shape
+    dev = grad_s.device
+    check_tensor("weight", weight, device=dev)
+    check_tensor("weight_rec", weight_rec, shape=(N, N), device=dev)
+    if weight.dim() != 2 or weight.shape[0] != N:
+        raise ValueError(f"weight: expected shape [N, K] with N = {N}, got {tuple(weight.shape)}")
+    K = weight.shape[1]
+    for name, t in (("psi", psi), ("causal", causal), ("trpost_prev", trpost_prev), ("s_prev", s_prev)):
+        check_tensor(name, t, shape=(D, B, N), device=dev)
+    check_tensor("x", x, shape=(D, B, K), device=dev)
+    check_tensor("trpre_first", trpre_first, shape=(B, K), device=dev)
+    check_tensor("trrec_first", trrec_first, shape=(B, N), device=dev)
+    n = B * N
+    A = torch.empty((D * B, N), dtype=torch.float32, device=dev)
+    C = torch.empty((B, N), dtype=torch.float32, device=dev)
+    if D and n:
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
+        _reverse_eligibility_kernel[grid](grad_s.contiguous(), causal.contiguous(), trpost_prev.contiguous(), A, C,
+                                          n, D, (D - 1) * n, float(lambda_pre), float(alpha_post),
+                                          float(alpha_pre))
+    else:
+        C.zero_()
+    grad_w = _gemm_two_parts(A, x.reshape(D * B, K), C, trpre_first, weight.dtype)
+    grad_w_rec = _gemm_two_parts(A, s_prev.reshape(D * B, N), C, trrec_first, weight_rec.dtype)
+    L, psi = grad_s.reshape(D * B, N), psi.reshape(D * B, N)
+    grad_x = signal_grad(L, psi, weight, x.dtype).view(D, B, K) if needs_input_grad else None
+    grad_b = (L.float() * psi.float()).sum(0).to(weight.dtype) if needs_bias_grad else None
     return grad_x, grad_w, grad_b, grad_w_rec
