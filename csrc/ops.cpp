@@ -143,7 +143,8 @@ TORCH_LIBRARY(stllr, m) {
   // The recurrent layer over T steps (T = 1: one online step); see reference.recurrent_sequence.
   m.def("recurrent_sequence(Tensor x, Tensor weight, Tensor? bias, Tensor weight_rec, Tensor s_prev, "
         "Tensor v, Tensor trpost, Tensor trpre, Tensor trrec, Tensor beta, Tensor theta, "
-        "float lambda_post, float lambda_pre, int psi, int reset, int post, int save_from) "
+        "float lambda_post, float lambda_pre, int psi, int reset, int post, int save_from, "
+        "bool first_traces_only=False) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("readout_sequence(Tensor x, Tensor weight, Tensor? bias, Tensor v, Tensor trpre, Tensor beta, "
         "float lambda_pre, int save_from) -> (Tensor, Tensor, Tensor)");

@@ -50,7 +50,8 @@ recurrent_sequence_impl(const at::Tensor& x, const at::Tensor& weight, const std
                         const at::Tensor& weight_rec, const at::Tensor& s_prev, const at::Tensor& v,
                         const at::Tensor& trpost, const at::Tensor& trpre, const at::Tensor& trrec,
                         const at::Tensor& beta, const at::Tensor& theta, double lambda_post, double lambda_pre,
-                        int64_t psi, int64_t reset, int64_t post, int64_t save_from, RecurrentStepFn step) {
+                        int64_t psi, int64_t reset, int64_t post, int64_t save_from, bool first_traces_only,
+                        RecurrentStepFn step) {
   check_floating(x, "x");
   TORCH_CHECK(x.dim() == 3, "x: expected a sequence [T, B, K], got shape ", x.sizes());
   check_lif_codes(psi, reset, post);
@@ -63,7 +64,17 @@ recurrent_sequence_impl(const at::Tensor& x, const at::Tensor& weight, const std
   const int64_t sf = check_save_from(save_from, T), D = T - sf;
   const std::vector<int64_t> bn = {B, N};
   at::Tensor currents = input_currents(x, weight, bias, N);
-  auto [trpre_saved, trpre_new] = trace_sequence_op(x, trpre, lambda_pre, sf);
+  // first_traces_only (what the reverse-time backward needs): trpre and trrec[t-1] are kept at the
+  // first loss step only, so the trace is run in two parts, up to that step and after it
+  const int64_t kept = first_traces_only ? std::min<int64_t>(D, 1) : D;
+  at::Tensor trpre_saved, trpre_new;
+  if (kept < D) {
+    auto [first, at_first] = trace_sequence_op(x.narrow(0, 0, sf + 1), trpre, lambda_pre, sf);
+    trpre_saved = first;
+    trpre_new = std::get<1>(trace_sequence_op(x.narrow(0, sf + 1, T - sf - 1), at_first, lambda_pre, T - sf - 1));
+  } else {
+    std::tie(trpre_saved, trpre_new) = trace_sequence_op(x, trpre, lambda_pre, sf);
+  }
   RecurrentStep st;
   st.v = state_like(v, bn, x, sd, "v").clone();
   st.trpost = state_like(trpost, bn, x, sd, "trpost").clone();
@@ -79,7 +90,9 @@ recurrent_sequence_impl(const at::Tensor& x, const at::Tensor& weight, const std
   at::Tensor s_seq = at::empty({T, B, N}, x.options());
   at::Tensor psi_saved = at::empty({D, B, N}, st.v.options());
   at::Tensor prev_saved = at::empty({D, B, N}, st.v.options());
-  at::Tensor trrec_saved = at::empty({D, B, N}, st.v.options());
+  at::Tensor trrec_saved = at::empty({kept, B, N}, st.v.options());
+  // the later loss steps write their trrec[t-1] here (never read)
+  const at::Tensor trrec_scratch = kept < D ? at::empty(bn, st.v.options()) : at::Tensor();
   at::Tensor sp_saved = at::empty({D, B, N}, x.options());
   const at::Tensor w_rec_t = weight_rec.to(x.scalar_type()).t();
   for (int64_t t = 0; t < T && B * N > 0; ++t) {
@@ -91,7 +104,7 @@ recurrent_sequence_impl(const at::Tensor& x, const at::Tensor& weight, const std
     st.psi = save ? psi_saved[t - sf] : at::Tensor();
     st.prev = save ? prev_saved[t - sf] : at::Tensor();
     st.s_prev_saved = save ? sp_saved[t - sf] : at::Tensor();
-    st.trrec_prev = save ? trrec_saved[t - sf] : at::Tensor();
+    st.trrec_prev = save ? (t - sf < kept ? trrec_saved[t - sf] : trrec_scratch) : at::Tensor();
     step(st);
     sp = st.s;
   }
@@ -324,9 +337,10 @@ recurrent_sequence_cpu(const at::Tensor& x, const at::Tensor& weight, const std:
                        const at::Tensor& weight_rec, const at::Tensor& s_prev, const at::Tensor& v,
                        const at::Tensor& trpost, const at::Tensor& trpre, const at::Tensor& trrec,
                        const at::Tensor& beta, const at::Tensor& theta, double lambda_post, double lambda_pre,
-                       int64_t psi, int64_t reset, int64_t post, int64_t save_from) {
+                       int64_t psi, int64_t reset, int64_t post, int64_t save_from, bool first_traces_only) {
   return recurrent_sequence_impl(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
-                                 lambda_post, lambda_pre, psi, reset, post, save_from, &recurrent_step_cpu);
+                                 lambda_post, lambda_pre, psi, reset, post, save_from, first_traces_only,
+                                 &recurrent_step_cpu);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> readout_sequence_cpu(

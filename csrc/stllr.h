@@ -177,7 +177,8 @@ recurrent_sequence_impl(const at::Tensor& x, const at::Tensor& weight, const std
                         const at::Tensor& weight_rec, const at::Tensor& s_prev, const at::Tensor& v,
                         const at::Tensor& trpost, const at::Tensor& trpre, const at::Tensor& trrec,
                         const at::Tensor& beta, const at::Tensor& theta, double lambda_post, double lambda_pre,
-                        int64_t psi, int64_t reset, int64_t post, int64_t save_from, RecurrentStepFn step);
+                        int64_t psi, int64_t reset, int64_t post, int64_t save_from, bool first_traces_only,
+                        RecurrentStepFn step);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> readout_sequence_impl(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& v,

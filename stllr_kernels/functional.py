@@ -198,13 +198,14 @@ class RecurrentSTLLR(torch.autograd.Function):
                 std_rec: Standardized, s_prev, v, trpost, trpre, trrec, beta, theta, cfg: RuleConfig,
                 save_from: int):
         ops = get_ops(x_seq.device)
+        ctx.reverse = reverse_time_pays(x_seq.shape[0] - save_from)
+        # the reverse-time backward needs the traces of the first loss step only
         (s_seq, v_new, trpost_new, trpre_new, trrec_new, psi, trpost_prev, trpre_saved, s_prev_saved,
          trrec_prev) = ops.recurrent_sequence(x_seq, std.weight, bias, std_rec.weight, s_prev, v, trpost,
-                                              trpre, trrec, beta, theta, cfg, save_from)
+                                              trpre, trrec, beta, theta, cfg, save_from, ctx.reverse)
         causal = s_seq[save_from:] if cfg.post == "spike" else None
-        ctx.reverse = reverse_time_pays(x_seq.shape[0] - save_from)
-        if ctx.reverse:  # only the first loss step's traces (copies, so the sequences are freed)
-            trpre_saved, trrec_prev = trpre_saved[0].clone(), trrec_prev[0].clone()
+        if ctx.reverse:
+            trpre_saved, trrec_prev = trpre_saved[0], trrec_prev[0]
         ctx.save_for_backward(x_seq[save_from:], trpre_saved, trpost_prev, psi, causal, s_prev_saved,
                               trrec_prev, gain, gain_rec)
         ctx.std, ctx.std_rec, ctx.cfg, ctx.has_bias = std, std_rec, cfg, bias is not None

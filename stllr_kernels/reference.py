@@ -128,14 +128,16 @@ def trace_sequence(x: Tensor, trace: Tensor, decay: float, save_from: int):
 
 def recurrent_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_rec: Tensor,
                        s_prev: Tensor, v: Tensor, trpost: Tensor, trpre: Tensor, trrec: Tensor,
-                       beta: Tensor, theta: Tensor, cfg: RuleConfig, save_from: int):
+                       beta: Tensor, theta: Tensor, cfg: RuleConfig, save_from: int,
+                       first_traces_only: bool = False):
     """The recurrent layer over all T steps of x [T, B, K] (SPEC sections 1-2, recurrent):
     I[t] = W x[t] + b + W_rec s[t-1], the LIF step, trpre and trrec[t] = lambda_pre trrec[t-1] + s[t].
 
     The input current is one GEMM over all T; only W_rec s[t-1] and the LIF are stepped. States in:
     s[-1] (x's dtype), v+, trpost, trpre, trrec. Returns (s [T, B, N], v+, trpost, trpre, trrec,
     then for the loss steps t >= save_from what the backward needs: psi[t], trpost[t-1], trpre[t],
-    s[t-1], trrec[t-1]). T = 1 is one online step.
+    s[t-1], trrec[t-1]). T = 1 is one online step. With first_traces_only, trpre[t] and trrec[t-1]
+    are kept for the first loss step only (shape [min(D, 1), ...]): what recurrent_backward_reverse needs.
     """
     currents = current_linear(x, weight, bias)
     trpre_saved, trpre = trace_sequence(x, trpre, cfg.lambda_pre, save_from)
@@ -151,6 +153,8 @@ def recurrent_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight
         spikes.append(s_prev)
         if t >= save_from:
             psis.append(psi)
+    if first_traces_only:
+        trpre_saved, trrec_prevs = trpre_saved[:1], trrec_prevs[:1]
     return (_stack_or_empty(spikes, currents, s_prev), v, trpost, trpre, trrec,
             _stack_or_empty(psis, currents, v), _stack_or_empty(prevs, currents, v), trpre_saved,
             _stack_or_empty(s_prevs, currents, s_prev), _stack_or_empty(trrec_prevs, currents, v))

@@ -64,6 +64,12 @@ def test_recurrent_sequence(seed, name, cfg, shape):
             got = get_ops("cpu").recurrent_sequence(*args, cfg, save_from)
         assert torch.equal(got[0], want[0]), "spikes differ from the reference"
         assert_outputs_close(got, want, shape[3])
+        # the reverse-time backward's forward: the traces (outputs 7 and 9) of the first loss step only
+        with backend(name):
+            got = get_ops("cpu").recurrent_sequence(*args, cfg, save_from, True)
+        first_only = [w[:1] if i in (7, 9) else w for i, w in enumerate(want)]
+        assert_outputs_close(got, first_only, shape[3])
+        assert_outputs_close(R.recurrent_sequence(*args, cfg, save_from, True), first_only, shape[3])
     if want[0].numel() > 20:
         assert 0 < want[0].mean() < 1, "inputs should make the layer spike at some steps only"
 
@@ -211,6 +217,7 @@ def test_opcheck_new_ops(seed):
     args = recurrent_inputs(3, 2, 5, 4)
     for save_from in (0, 2):
         torch.library.opcheck(torch.ops.stllr.recurrent_sequence.default, (*args, *cfg, save_from))
+        torch.library.opcheck(torch.ops.stllr.recurrent_sequence.default, (*args, *cfg, save_from, True))
     x, weight, bias, _, _, v, _, trpre, _, beta, _ = args
     torch.library.opcheck(torch.ops.stllr.readout_sequence.default, (x, weight, bias, v, trpre, beta, 0.9, 1))
     L, m = torch.randn(6, 4), torch.rand(6, 4)

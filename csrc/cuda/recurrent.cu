@@ -130,10 +130,11 @@ recurrent_sequence_cuda(const at::Tensor& x, const at::Tensor& weight, const std
                         const at::Tensor& weight_rec, const at::Tensor& s_prev, const at::Tensor& v,
                         const at::Tensor& trpost, const at::Tensor& trpre, const at::Tensor& trrec,
                         const at::Tensor& beta, const at::Tensor& theta, double lambda_post, double lambda_pre,
-                        int64_t psi, int64_t reset, int64_t post, int64_t save_from) {
+                        int64_t psi, int64_t reset, int64_t post, int64_t save_from, bool first_traces_only) {
   const c10::cuda::CUDAGuard guard(x.device());
   return recurrent_sequence_impl(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
-                                 lambda_post, lambda_pre, psi, reset, post, save_from, &recurrent_step_cuda);
+                                 lambda_post, lambda_pre, psi, reset, post, save_from, first_traces_only,
+                                 &recurrent_step_cuda);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> readout_sequence_cuda(

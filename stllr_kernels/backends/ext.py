@@ -107,10 +107,10 @@ def standardize_backward(grad_w_hat: Tensor, normalized: Tensor, scale: Tensor, 
 
 
 def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
-                       cfg: RuleConfig, save_from: int):
+                       cfg: RuleConfig, save_from: int, first_traces_only: bool = False):
     return tuple(torch.ops.stllr.recurrent_sequence(
         x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta, cfg.lambda_post,
-        cfg.lambda_pre, *_codes(cfg), int(save_from)))
+        cfg.lambda_pre, *_codes(cfg), int(save_from), bool(first_traces_only)))
 
 
 def readout_sequence(x, weight, bias, v, trpre, beta, lambda_pre: float, save_from: int):
@@ -207,15 +207,16 @@ def _register_fakes() -> None:
 
     @register("stllr::recurrent_sequence")
     def _recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
-                            lambda_post, lambda_pre, psi, reset, post, save_from):
+                            lambda_post, lambda_pre, psi, reset, post, save_from, first_traces_only=False):
         sd = reference.state_dtype(x.dtype)
         steps, batch, n = x.shape[0], x.shape[1], weight_rec.shape[0]
         saved = (steps - min(save_from, steps), batch, n)
+        kept = min(saved[0], 1) if first_traces_only else saved[0]  # steps whose traces are kept
         state = lambda: x.new_empty((batch, n), dtype=sd)  # noqa: E731
         return (x.new_empty((steps, batch, n)), state(), state(), x.new_empty(x.shape[1:], dtype=sd), state(),
                 x.new_empty(saved, dtype=sd), x.new_empty(saved, dtype=sd),
-                x.new_empty((saved[0], *x.shape[1:]), dtype=sd), x.new_empty(saved),
-                x.new_empty(saved, dtype=sd))
+                x.new_empty((kept, *x.shape[1:]), dtype=sd), x.new_empty(saved),
+                x.new_empty((kept, batch, n), dtype=sd))
 
     @register("stllr::readout_sequence")
     def _readout_sequence(x, weight, bias, v, trpre, beta, lambda_pre, save_from):

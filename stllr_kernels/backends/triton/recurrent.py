@@ -124,7 +124,7 @@ def _step_blocks():
 
 
 def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
-                       cfg: RuleConfig, save_from: int):
+                       cfg: RuleConfig, save_from: int, first_traces_only: bool = False):
     """reference.recurrent_sequence: one input GEMM, then one fused launch per step."""
     check_tensor("x", x)
     if x.dim() != 3:
@@ -143,10 +143,17 @@ def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, tr
     check_scalar("theta", theta, x.device)
     save_from = check_save_from(save_from, T)
     currents = F.linear(x, weight, bias)
-    trpre_saved, trpre_new = trace_sequence(x, trpre, cfg.lambda_pre, save_from)
     dev, D = x.device, T - save_from
+    kept = min(D, 1) if first_traces_only else D  # loss steps whose trpre[t], trrec[t-1] are kept
+    if kept < D:  # the trace up to the first loss step (kept), then the rest
+        trpre_saved, at_first = trace_sequence(x[:save_from + 1], trpre, cfg.lambda_pre, save_from)
+        _, trpre_new = trace_sequence(x[save_from + 1:], at_first, cfg.lambda_pre, T - save_from - 1)
+    else:
+        trpre_saved, trpre_new = trace_sequence(x, trpre, cfg.lambda_pre, save_from)
     s_seq = torch.empty((T, B, N), dtype=x.dtype, device=dev)
-    psi, prev, trrec_prev = (torch.empty((D, B, N), dtype=sd, device=dev) for _ in range(3))
+    psi, prev = (torch.empty((D, B, N), dtype=sd, device=dev) for _ in range(2))
+    trrec_prev = torch.empty((kept, B, N), dtype=sd, device=dev)
+    trrec_scratch = torch.empty((B, N), dtype=sd, device=dev) if kept < D else None  # written, never read
     s_prev_saved = torch.empty((D, B, N), dtype=x.dtype, device=dev)
     v, trpost, trrec = v.clone(memory_format=torch.contiguous_format), \
         trpost.clone(memory_format=torch.contiguous_format), trrec.clone(memory_format=torch.contiguous_format)
@@ -161,7 +168,8 @@ def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, tr
             _recurrent_step_kernel[grid](
                 currents[t], sp, weight_rec, beta, theta,
                 v, trpost, trrec, s_seq[t], psi[j] if save else v, prev[j] if save else v,
-                s_prev_saved[j] if save else sp, trrec_prev[j] if save else v,
+                s_prev_saved[j] if save else sp,
+                (trrec_prev[j] if j < kept else trrec_scratch) if save else v,
                 B, N, weight_rec.stride(0), weight_rec.stride(1),
                 float(cfg.lambda_post), float(cfg.lambda_pre),
                 PSI=PSI_CODES[cfg.psi], SOFT_RESET=cfg.reset == "soft", POST_SPIKE=cfg.post == "spike",
