@@ -181,7 +181,8 @@ def reverse_time_pays(loss_steps: int) -> bool:
     (`recurrent_backward`) reduces its eligibility GEMMs over 2 x D x B rows (causal and non-causal
     term); the reverse-time form (`recurrent_backward_reverse`, see the reference) over (D + 1) x B
     rows after one reverse pass over the loss steps, and keeps only the first loss step's traces. So
-    it pays from D = 2 on; at D = 1 (every online step) the two are the same GEMMs."""
+    it pays from D = 2 on (and saves D x B x (K + N) trace values for backward); at D = 1 (every
+    online step) the two are the same GEMMs."""
     return loss_steps >= 2
 
 
