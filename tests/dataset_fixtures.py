@@ -114,18 +114,21 @@ def _aedat4_header() -> bytes:
     return bytes(builder.Output())
 
 
+# struct Event {t: int64; x: int16; y: int16; on: bool} of the AEDAT 4 schema: 16 bytes, little-endian
+_AEDAT4_EVENT = np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("on", "u1"), ("pad", "V3")])
+
+
 def _aedat4_event_packet(t, x, y, on, stream_id: int = 0) -> bytes:
     import flatbuffers
 
-    builder = flatbuffers.Builder(16 * len(t) + 64)
-    builder.StartVector(16, len(t), 8)  # struct Event {t: int64; x: int16; y: int16; on: bool} (16 bytes)
-    for i in reversed(range(len(t))):
-        builder.Prep(8, 16)
-        builder.Pad(3)
-        builder.PrependBool(bool(on[i]))
-        builder.PrependInt16(int(y[i]))
-        builder.PrependInt16(int(x[i]))
-        builder.PrependInt64(int(t[i]))
+    events = np.zeros(len(t), _AEDAT4_EVENT)
+    events["t"], events["x"], events["y"], events["on"] = t, x, y, np.asarray(on, bool)
+    raw = events.tobytes()
+    builder = flatbuffers.Builder(len(raw) + 64)
+    builder.StartVector(16, len(t), 8)
+    # the vector's bytes in one copy (as Builder.CreateByteVector does), not one Prepend per field
+    builder.head -= len(raw)
+    builder.Bytes[builder.head:builder.head + len(raw)] = raw
     elements = builder.EndVector()
     builder.StartObject(1)  # EventPacket {elements}
     builder.PrependUOffsetTRelativeSlot(0, elements, 0)
