@@ -1,7 +1,7 @@
 // CUDA versions of the recurrent layers' device-specific passes (see ../recurrent.cpp): the
 // recurrent step (recurrent add + LIF + post trace + recurrent trace, one thread per neuron) and the
 // readout's leaky scan over T (one thread per neuron, v in a register). The GEMMs go through ATen
-// (cuBLAS); standardize_backward uses the ATen composite of ../standardize.cpp.
+// (cuBLAS).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -120,13 +120,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_cu
                                  &eligibility_products_cuda);
 }
 
-std::tuple<at::Tensor, at::Tensor> standardize_backward_cuda(const at::Tensor& grad_w_hat,
-                                                             const at::Tensor& normalized,
-                                                             const at::Tensor& scale, const at::Tensor& gain) {
-  const c10::cuda::CUDAGuard guard(grad_w_hat.device());
-  return standardize_backward_aten(grad_w_hat, normalized, scale, gain);
-}
-
 }  // namespace
 }  // namespace stllr::cuda
 
@@ -134,5 +127,4 @@ TORCH_LIBRARY_IMPL(stllr, CUDA, m) {
   m.impl("recurrent_sequence", &stllr::cuda::recurrent_sequence_cuda);
   m.impl("readout_sequence", &stllr::cuda::readout_sequence_cuda);
   m.impl("recurrent_backward", &stllr::cuda::recurrent_backward_cuda);
-  m.impl("standardize_backward", &stllr::cuda::standardize_backward_cuda);
 }
