@@ -59,13 +59,14 @@ def _pixels(rng, count: int, blob: float, size: int = 128, patch: int = 16):
 
 
 def write_dvs_gesture(root: str, labels=(0, 3, 10), durations_ms=(5000, 1200, 2400), seed: int = 0,
-                      counts=(300, 800), blob: float = 0.0) -> str:
-    """Per user folder, one recording per label; durations cycle over `durations_ms` (the default
-    gives a recording with 3 slices of 1.575 s, one shorter than a slice, one with 1). Each has
-    `counts` events (a range), a fraction `blob` of them in one dense patch."""
+                      counts=(300, 800), blob: float = 0.0, folders=GESTURE_FOLDERS) -> str:
+    """Per user folder (`folders`: split -> user folders), one recording per label; durations cycle
+    over `durations_ms` (the default gives a recording with 3 slices of 1.575 s, one shorter than a
+    slice, one with 1). Each has `counts` events (a range), a fraction `blob` of them in one dense
+    patch."""
     rng = np.random.default_rng(seed)
     k = 0
-    for split, users in GESTURE_FOLDERS.items():
+    for split, users in folders.items():
         base = os.path.join(root, "DVSGesture", "ibmGesture" + split.capitalize())
         for user in users:
             os.makedirs(os.path.join(base, user), exist_ok=True)
