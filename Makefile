@@ -18,18 +18,22 @@ $(VENV)/.installed: setup.py requirements-dev.txt $(wildcard csrc/*.cpp csrc/*.h
 	$(PY) -m pip install -q --no-build-isolation -e .
 	touch $@
 
-# what CI runs: every test
+# what CI runs: every test, one pytest-xdist worker per core (TEST_WORKERS=0: one process); a test
+# module stays on one worker (--dist loadscope), so its module fixtures are built once
+TEST_WORKERS ?= auto
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(XDIST) tests
 
 # the inner loop: everything but the end-to-end, distributed and benchmark smoke tests (< 1 min on 2 cores)
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q $(XDIST) -m "not slow" tests
 
 # the kernel, layer, reference, conformance and convergence tests under three other per-test seeds
 # (tests/conftest.py: STLLR_TEST_SEED_SALT); run it whenever a kernel or a tolerance changes
 SEED_TESTS := tests/test_conformance.py tests/test_layers.py tests/test_reference.py \
-	tests/test_triton_backend.py tests/test_ext_backend.py tests/test_recurrent_sequence.py
+	tests/test_triton_backend.py tests/test_ext_backend.py tests/test_recurrent_sequence.py \
+	tests/test_training_engine.py
 test-seeds: venv
 	set -e; for salt in 1 2 3; do \
 		echo "STLLR_TEST_SEED_SALT=$$salt"; \

@@ -46,7 +46,7 @@ def parse_args(argv=None):
 def variants():
     """(kernel name, Autotuner, pointer dtypes, constexpr values, label) for each variant worth
     compiling: every Psi / reset / post mode of the LIF kernels, every dtype of the GEMMs."""
-    from stllr_kernels.backends.triton import conv, eligibility, lif, trace
+    from stllr_kernels.backends.triton import eligibility, lif, trace
     from stllr_kernels.psi import POST_MODES, PSI_CODES, RESET_MODES
     import triton.language as tl
     out = []
@@ -61,7 +61,7 @@ def variants():
     for dt in ("fp32", "bf16", "fp16"):
         out.append(("pre_trace", trace._pre_trace_kernel, {"x_ptr": dt}, {}, dt))
         out.append(("trace_sequence", trace._trace_sequence_kernel, {"x_ptr": dt}, {}, dt))
-        out.append(("conv products", conv._conv_products_kernel, {"l_ptr": dt, "grads_ptr": "fp32"},
+        out.append(("conv products", eligibility._conv_products_kernel, {"l_ptr": dt, "grads_ptr": "fp32"},
                     {}, dt))
     dots = {"fp32": (tl.float32, "ieee"), "tf32": (tl.float32, "tf32"), "bf16": (tl.bfloat16, "tf32"),
             "fp16": (tl.float16, "tf32")}

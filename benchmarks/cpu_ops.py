@@ -5,11 +5,11 @@
 Writes cpu_ops.md (table, machine, torch version, command, load average), appends the rows to
 cpu_ops.csv and plots the ratios to cpu_ops.png. Times are medians of torch.utils.benchmark's
 blocked_autorange, providers interleaved over
-several rounds (median of the round medians), at 1 thread and at torch's default thread count. Goals (issue 4): LIF step at 1e6 neurons >= 3x
+several rounds (median of the round medians), at 1 thread and at torch's default thread count. Goals: LIF step at 1e6 neurons >= 3x
 the reference; the SHD recurrent layer's eligibility gradient (B=128, 700->450) at least as fast as
 the reference's two GEMMs and >= 20x faster than the naive per-sample outer-product sum.
-Ops found slower than the reference go into ext.CPU_REFERENCE_FALLBACK; this script times the
-compiled op itself (`ext.conv_backward_compiled`) so the decision can be revisited.
+Ops found slower than the reference go into cpu_cuda.CPU_REFERENCE_FALLBACK; this script times the
+compiled op itself (`cpu_cuda.conv_backward_compiled`) so the decision can be revisited.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch.utils.benchmark as tb
 from tqdm import tqdm
 
 from stllr_kernels import reference as ref
-from stllr_kernels.backends import ext
+from stllr_kernels.backends import cpu_cuda
 from stllr_kernels.config import RuleConfig
 
 
@@ -52,29 +52,29 @@ def cases():
     """(name, shape text, {provider: (fn, args)})."""
     out = []
     lif = lif_case(1_000_000)
-    out.append(("lif_step", "1e6 neurons, fast_sigmoid", {"reference": (ref.lif_step, lif), "cpu": (ext.lif_step, lif)}))
+    out.append(("lif_step", "1e6 neurons, fast_sigmoid", {"reference": (ref.lif_step, lif), "cpu": (cpu_cuda.lif_step, lif)}))
     tr = (torch.rand(1000, 1000), (torch.rand(1000, 1000) > 0.8).float(), 0.8)
-    out.append(("pre_trace", "1e6", {"reference": (ref.pre_trace, tr), "cpu": (ext.pre_trace, tr)}))
+    out.append(("pre_trace", "1e6", {"reference": (ref.pre_trace, tr), "cpu": (cpu_cuda.pre_trace, tr)}))
     seq = (torch.randn(20, 128, 450) * 0.8, torch.zeros(128, 450), torch.zeros(128, 450),
            torch.sigmoid(torch.tensor(5.0)), torch.tensor(0.6), RuleConfig(0.5, 1, 1, 1), 10)
-    out.append(("lif_sequence", "T=20, 128x450, 10 saved", {"reference": (ref.lif_sequence, seq), "cpu": (ext.lif_sequence, seq)}))
+    out.append(("lif_sequence", "T=20, 128x450, 10 saved", {"reference": (ref.lif_sequence, seq), "cpu": (cpu_cuda.lif_sequence, seq)}))
     tseq = ((torch.rand(20, 128, 700) > 0.9).float(), torch.zeros(128, 700), 1.0, 10)
-    out.append(("trace_sequence", "T=20, 128x700, 10 saved", {"reference": (ref.trace_sequence, tseq), "cpu": (ext.trace_sequence, tseq)}))
+    out.append(("trace_sequence", "T=20, 128x700, 10 saved", {"reference": (ref.trace_sequence, tseq), "cpu": (cpu_cuda.trace_sequence, tseq)}))
     shd = eligibility_args(128, 450, 700, False)
     L, psi, _, prev, x, trpre = shd[:6]
     out.append(("linear_backward (SHD W)", "B=128, 700->450", {
-        "reference": (ref.linear_backward, shd), "cpu": (ext.linear_backward, shd),
+        "reference": (ref.linear_backward, shd), "cpu": (cpu_cuda.linear_backward, shd),
         "naive": (naive_eligibility, (L, psi, prev, x, trpre, 0.5, 1.0))}))
     rec = eligibility_args(128, 450, 450, False)
-    out.append(("linear_backward (SHD W_rec)", "B=128, 450->450", {"reference": (ref.linear_backward, rec), "cpu": (ext.linear_backward, rec)}))
+    out.append(("linear_backward (SHD W_rec)", "B=128, 450->450", {"reference": (ref.linear_backward, rec), "cpu": (cpu_cuda.linear_backward, rec)}))
     hid = eligibility_args(128, 512, 512, True)
-    out.append(("linear_backward (+dx)", "B=128, 512->512", {"reference": (ref.linear_backward, hid), "cpu": (ext.linear_backward, hid)}))
+    out.append(("linear_backward (+dx)", "B=128, 512->512", {"reference": (ref.linear_backward, hid), "cpu": (cpu_cuda.linear_backward, hid)}))
     read = (torch.randn(128, 20), None, None, None, torch.rand(128, 450), torch.rand(128, 450), torch.randn(20, 450), 0.0, 1.0, True, True)
-    out.append(("linear_backward (readout)", "B=128, 450->20", {"reference": (ref.linear_backward, read), "cpu": (ext.linear_backward, read)}))
+    out.append(("linear_backward (readout)", "B=128, 450->20", {"reference": (ref.linear_backward, read), "cpu": (cpu_cuda.linear_backward, read)}))
     g = torch.randn(8, 64, 16, 16)
     conv = (g, torch.rand_like(g), torch.rand_like(g), torch.rand_like(g), (torch.rand(8, 32, 16, 16) > 0.8).float(),
             torch.rand(8, 32, 16, 16), torch.randn(64, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1, -1.0, 1.0, True, True)
-    out.append(("conv_backward", "B=8, 32->64, 16x16, 3x3", {"reference": (ref.conv_backward, conv), "cpu": (ext.conv_backward_compiled, conv)}))
+    out.append(("conv_backward", "B=8, 32->64, 16x16, 3x3", {"reference": (ref.conv_backward, conv), "cpu": (cpu_cuda.conv_backward_compiled, conv)}))
     return out
 
 
@@ -111,7 +111,7 @@ def main():
                         help="thread counts to measure at")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
-    reason = ext.unavailable_reason("cpu", "cpu")
+    reason = cpu_cuda.unavailable_reason("cpu", "cpu")
     if reason:
         sys.exit(f"cpu backend unavailable: {reason}")
     torch.manual_seed(0)
@@ -158,8 +158,8 @@ def write_results(rows, args, load_before, load_after):
                 writer.writerow([stamp, n_threads, name, shape, provider, f"{ms:.4f}", machine()])
     slower = sorted({name.split()[0] for k, name, _, t in rows if k == 1 and t["reference"] < t["cpu"]})
     lines += ["", f"Ops slower than the reference at 1 thread in this run: {', '.join(slower) or 'none'}. "
-              f"Ops for which the ext module runs the reference on CPU tensors (ext.CPU_REFERENCE_FALLBACK): "
-              f"{', '.join(sorted(ext.CPU_REFERENCE_FALLBACK)) or 'none'}."]
+              f"Ops for which the cpu backend runs the reference on CPU tensors (cpu_cuda.CPU_REFERENCE_FALLBACK): "
+              f"{', '.join(sorted(cpu_cuda.CPU_REFERENCE_FALLBACK)) or 'none'}."]
     with open(os.path.join(args.out, "cpu_ops.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, os.path.join(args.out, "cpu_ops.png"), stamp)

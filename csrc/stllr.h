@@ -1,7 +1,7 @@
 // Shared by the CPU (.cpp) and CUDA (.cu) kernels of the stllr extension.
 //
 // Integer codes passed through the op schemas. stllr_kernels/psi.py is the source of truth;
-// stllr_kernels/backends/ext.py maps names to these codes and tests check every code.
+// stllr_kernels/backends/cpu_cuda.py maps names to these codes and tests check every code.
 //   psi   (PSI_CODES):   0 fast_sigmoid  1 / (1 + 100|u|)^2
 //                        1 triangle      0.3 * max(0, 1 - |u|)
 //                        2 sigmoid       4 * sigmoid(4u) * (1 - sigmoid(4u))

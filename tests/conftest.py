@@ -15,6 +15,12 @@ if not torch.cuda.is_available():
     # must be set before any @triton.jit function is defined
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# `make test` runs a pytest-xdist worker per core: each worker's own torch thread pool would
+# oversubscribe the cores the workers share (and spin-wait), so the cores are split between them
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 import contextlib  # noqa: E402
 import random  # noqa: E402
 import zlib  # noqa: E402

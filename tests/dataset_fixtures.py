@@ -59,13 +59,14 @@ def _pixels(rng, count: int, blob: float, size: int = 128, patch: int = 16):
 
 
 def write_dvs_gesture(root: str, labels=(0, 3, 10), durations_ms=(5000, 1200, 2400), seed: int = 0,
-                      counts=(300, 800), blob: float = 0.0) -> str:
-    """Per user folder, one recording per label; durations cycle over `durations_ms` (the default
-    gives a recording with 3 slices of 1.575 s, one shorter than a slice, one with 1). Each has
-    `counts` events (a range), a fraction `blob` of them in one dense patch."""
+                      counts=(300, 800), blob: float = 0.0, folders=GESTURE_FOLDERS) -> str:
+    """Per user folder (`folders`: split -> user folders), one recording per label; durations cycle
+    over `durations_ms` (the default gives a recording with 3 slices of 1.575 s, one shorter than a
+    slice, one with 1). Each has `counts` events (a range), a fraction `blob` of them in one dense
+    patch."""
     rng = np.random.default_rng(seed)
     k = 0
-    for split, users in GESTURE_FOLDERS.items():
+    for split, users in folders.items():
         base = os.path.join(root, "DVSGesture", "ibmGesture" + split.capitalize())
         for user in users:
             os.makedirs(os.path.join(base, user), exist_ok=True)
@@ -114,18 +115,21 @@ def _aedat4_header() -> bytes:
     return bytes(builder.Output())
 
 
+# struct Event {t: int64; x: int16; y: int16; on: bool} of the AEDAT 4 schema: 16 bytes, little-endian
+_AEDAT4_EVENT = np.dtype([("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("on", "u1"), ("pad", "V3")])
+
+
 def _aedat4_event_packet(t, x, y, on, stream_id: int = 0) -> bytes:
     import flatbuffers
 
-    builder = flatbuffers.Builder(16 * len(t) + 64)
-    builder.StartVector(16, len(t), 8)  # struct Event {t: int64; x: int16; y: int16; on: bool} (16 bytes)
-    for i in reversed(range(len(t))):
-        builder.Prep(8, 16)
-        builder.Pad(3)
-        builder.PrependBool(bool(on[i]))
-        builder.PrependInt16(int(y[i]))
-        builder.PrependInt16(int(x[i]))
-        builder.PrependInt64(int(t[i]))
+    events = np.zeros(len(t), _AEDAT4_EVENT)
+    events["t"], events["x"], events["y"], events["on"] = t, x, y, np.asarray(on, bool)
+    raw = events.tobytes()
+    builder = flatbuffers.Builder(len(raw) + 64)
+    builder.StartVector(16, len(t), 8)
+    # the vector's bytes in one copy (as Builder.CreateByteVector does), not one Prepend per field
+    builder.head -= len(raw)
+    builder.Bytes[builder.head:builder.head + len(raw)] = raw
     elements = builder.EndVector()
     builder.StartObject(1)  # EventPacket {elements}
     builder.PrependUOffsetTRelativeSlot(0, elements, 0)

@@ -17,7 +17,7 @@ import torch
 from conftest import assert_close_policy, backend
 from test_conformance import CONV_SHAPES, CONV_VARIANTS, conv_inputs
 from stllr_kernels import reference as ref
-from stllr_kernels.backends import ext
+from stllr_kernels.backends import cpu_cuda as ext
 from stllr_kernels.config import RuleConfig
 from stllr_kernels.nn import LinearSTLLR, reset_states
 
@@ -211,7 +211,7 @@ def test_missing_extension_never_breaks_the_import():
     code = (
         "import sys; sys.modules['stllr_kernels._C'] = None\n"
         "import torch, stllr_kernels\n"
-        "from stllr_kernels.backends import ext, get_backend_name\n"
+        "from stllr_kernels.backends import cpu_cuda as ext, get_backend_name\n"
         "reason = ext.unavailable_reason('cpu', 'cpu')\n"
         "assert reason and ext.REBUILD_COMMAND in reason, reason\n"
         "assert get_backend_name('cpu') == 'torch'\n"

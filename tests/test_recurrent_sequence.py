@@ -352,17 +352,17 @@ def test_float16_is_refused_with_what_to_use():
 
 @pytest.mark.skipif(unavailable_reason("triton", "cpu") is not None, reason="triton not runnable here")
 def test_every_triton_op_launches_under_a_guard_on_its_tensors_device(seed, monkeypatch):
-    from stllr_kernels.backends import triton_ops
+    from stllr_kernels.backends import triton as triton_backend
     seen = []
-    real = triton_ops._device_guard
-    monkeypatch.setattr(triton_ops, "_device_guard", lambda device: seen.append(device) or real(device))
+    real = triton_backend._device_guard
+    monkeypatch.setattr(triton_backend, "_device_guard", lambda device: seen.append(device) or real(device))
     args = recurrent_inputs(2, 2, 3, 4)
     with backend("triton"):
         layer = LinearRecSTLLR(3, 4)
         layer(args[0], loss_steps=2).sum().backward()
     assert len(seen) >= 4 and all(d == torch.device("cpu") for d in seen)  # forward, backward, 2 standardizations
     names = {"recurrent_sequence", "recurrent_backward", "standardize_backward"}
-    assert names <= {op for op in triton_ops.__all__ if op != "unavailable_reason"}
+    assert names <= {op for op in triton_backend.__all__ if op != "unavailable_reason"}
     # on a GPU the guard is torch.cuda.device of that tensor's index (cuda:1 launches on GPU 1)
     guard = real(torch.device("cuda", 1))
     assert isinstance(guard, torch.cuda.device) and guard.idx == 1

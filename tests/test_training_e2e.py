@@ -72,15 +72,17 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The smallest datasets that still give one training batch of 2 and a test set.
+    """The smallest datasets that still give one training batch and a test set.
 
-    Gesture: one 1.6 s recording per training user (one 21-frame window each) and a 0.15 s test
-    recording (2 frames); CIFAR10-DVS: 6 recordings of one class (the 90/10 split keeps 5 for
-    training, 1 for test; T is 10 whatever the recording); SHD: 2 + 2 recordings (T = 100).
+    Gesture: one training user with one 1.6 s recording (one 21-frame window) and a 0.15 s test
+    recording (2 frames); CIFAR10-DVS: 2 recordings of one class, file indices 0 and 900 (the
+    original's split by index gives one to training, one to test; T is 10 whatever the recording);
+    SHD: 2 + 2 recordings (T = 100).
     """
     root = tmp_path_factory.mktemp("e2e")
-    fx.write_dvs_gesture(str(root / "gesture"), labels=(4,), durations_ms=(1600, 1600, 150))
-    fx.write_cifar10dvs(str(root / "cifar"), per_class=6, classes=("bird",))
+    fx.write_dvs_gesture(str(root / "gesture"), labels=(4,), durations_ms=(1600, 150),
+                         folders={"train": fx.GESTURE_FOLDERS["train"][:1], "test": fx.GESTURE_FOLDERS["test"]})
+    fx.write_cifar10dvs(str(root / "cifar"), classes=("bird",), indices=(0, 900))
     fx.write_shd(str(root / "shd"), n_train=2, n_test=2)
     return root
 
@@ -89,8 +91,7 @@ def tiny(tmp_path_factory):
 def test_paper_command_one_epoch(name, tiny, tmp_path, capsys):
     data = tiny / name.split("_")[0]
     save = tmp_path / "run"
-    # CIFAR10-DVS's split leaves 5 training recordings: one batch of 5 costs less than 3 of 2
-    batch = 5 if name.startswith("cifar") else 2
+    batch = 2 if name.startswith("shd") else 1  # Gesture and CIFAR10-DVS: one training recording
     argv = command(name, data, save, **{"--epochs": 1, "--trials": 1, "--batch-size": batch,
                                         "--val-batch-size": 2, "--print-freq": 1})
     assert main(argv) == 0

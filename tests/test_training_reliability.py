@@ -496,9 +496,9 @@ def _hung_rank_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=2))
-    if rank == 1:  # hung, not dead
+    if rank == 1:  # hung, not dead: alive well past rank 0's 2 s timeout
         import time
-        time.sleep(8)
+        time.sleep(5)
         return
     try:
         dist.all_reduce(torch.ones(1))

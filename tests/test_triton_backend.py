@@ -21,7 +21,7 @@ from test_conformance import linear_inputs  # noqa: E402
 
 import stllr_kernels  # noqa: E402
 from stllr_kernels import reference as R  # noqa: E402
-from stllr_kernels.backends import triton_ops as T  # noqa: E402
+from stllr_kernels.backends import triton as T  # noqa: E402
 from stllr_kernels.config import RuleConfig  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,7 +58,7 @@ def test_unavailable_reason_without_interpreter_or_triton():
     code = (
         "import sys\n"
         "if sys.argv[1] == 'no-triton': sys.modules['triton'] = None\n"
-        "from stllr_kernels.backends import triton_ops as T\n"
+        "from stllr_kernels.backends import triton as T\n"
         "print(T.unavailable_reason('triton', 'cpu'))\n"
         "try:\n    T.lif_step(None, None, None, None, None, None)\n"
         "except Exception as e:\n    print(type(e).__name__)\n")

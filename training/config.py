@@ -24,7 +24,7 @@ from stllr_kernels.backends import unavailable_reason as backend_unavailable_rea
 from stllr_kernels.config import check_factors
 
 from . import run_dir, run_flags
-from .data import DATASETS, unavailable_reason
+from .data import DATASETS
 from .datasets.catalog import DEFAULT_ENCODING, ENCODINGS
 from .engine import LOSSES, STEP_MODES, TRAINING_MODES
 from .errors import FlagError
@@ -248,9 +248,6 @@ def _first_problem(c: RunConfig) -> Optional[str]:
         return f"--dataset {c.dataset} needs --data-path (the folder holding the dataset)"
     if spec.needs_path and not os.path.isdir(c.data_path):
         return f"--data-path {c.data_path!r} is not a directory"
-    reason = unavailable_reason(c.dataset)
-    if reason:
-        return reason
     for flag, path in (("--resume", c.resume), ("--pretrained-model", c.pretrained_model)):
         if path is not None and not os.path.isfile(path):
             return f"{flag}: no file at {path!r}"

@@ -9,7 +9,6 @@ the end to the longest in the batch.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import Optional
 
 import numpy as np
@@ -21,21 +20,6 @@ from .datasets.catalog import CATALOG
 
 # --dataset -> its catalog record (classes, frame shape, steps, pipeline module, files)
 DATASETS = CATALOG
-
-
-def unavailable_reason(name: str) -> Optional[str]:
-    """None if dataset `name` can be built in this installation, else a one-line reason."""
-    spec = DATASETS[name]
-    if spec.module is None:
-        return None
-    try:
-        found = importlib.util.find_spec(f"training.datasets.{spec.module}") is not None
-    except ModuleNotFoundError:  # no training/datasets package at all
-        found = False
-    if not found:
-        return (f"dataset {name} is not yet available in this version "
-                f"(its pipeline training/datasets/{spec.module}.py is missing)")
-    return None
 
 
 def build_dataset(args, train: bool) -> Dataset:

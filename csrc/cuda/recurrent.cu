@@ -1,8 +1,7 @@
 // CUDA versions of the recurrent layers' device-specific passes (see ../recurrent.cpp): the
 // recurrent step (recurrent add + LIF + post trace + recurrent trace, one thread per neuron) and the
 // readout's leaky scan over T (one thread per neuron, v in a register), and the reverse-time pass of
-// recurrent_backward_reverse. The GEMMs go through ATen (cuBLAS); standardize_backward uses the ATen
-// composite of ../standardize.cpp.
+// recurrent_backward_reverse. The GEMMs go through ATen (cuBLAS).
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -166,13 +165,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> recurrent_backward_re
                                          needs_bias_grad, &reverse_eligibility_cuda);
 }
 
-std::tuple<at::Tensor, at::Tensor> standardize_backward_cuda(const at::Tensor& grad_w_hat,
-                                                             const at::Tensor& normalized,
-                                                             const at::Tensor& scale, const at::Tensor& gain) {
-  const c10::cuda::CUDAGuard guard(grad_w_hat.device());
-  return standardize_backward_aten(grad_w_hat, normalized, scale, gain);
-}
-
 }  // namespace
 }  // namespace stllr::cuda
 
@@ -181,5 +173,4 @@ TORCH_LIBRARY_IMPL(stllr, CUDA, m) {
   m.impl("readout_sequence", &stllr::cuda::readout_sequence_cuda);
   m.impl("recurrent_backward", &stllr::cuda::recurrent_backward_cuda);
   m.impl("recurrent_backward_reverse", &stllr::cuda::recurrent_backward_reverse_cuda);
-  m.impl("standardize_backward", &stllr::cuda::standardize_backward_cuda);
 }

@@ -4,6 +4,26 @@ Every backend is a module `stllr_kernels.backends.<module>` exposing the ops of 
 signatures of `stllr_kernels.reference` and a function `unavailable_reason(name, device_type)` that returns
 None when it can run on that device type, else a sentence saying why not. A backend chosen by `auto`
 that cannot load is skipped quietly; one asked for by name fails loudly with that sentence.
+
+    backend  module                           kernels
+    torch    backends/torch_reference.py      stllr_kernels/reference.py itself
+    triton   backends/triton/ (a package)     backends/triton/<family>.py
+    cpu      backends/cpu_cuda.py             the extension stllr_kernels._C: csrc/<family>.cpp
+    cuda     backends/cpu_cuda.py             the same extension: csrc/cuda/<family>.cu
+
+Every op family has a file of the same name in each compiled backend:
+
+    family       ops                                   triton/          csrc/              csrc/cuda/
+    lif          lif_step, lif_sequence                lif.py           lif.cpp            lif.cu
+    trace        pre_trace, trace_sequence             trace.py         trace.cpp          trace.cu
+    eligibility  linear_backward, conv_backward        eligibility.py   eligibility.cpp    eligibility.cu
+    recurrent    recurrent_sequence, readout_sequence, recurrent.py     recurrent.cpp      recurrent.cu
+                 recurrent_backward
+    standardize  standardize_backward                  standardize.py   standardize.cpp    standardize.cu
+    shared       Psi, LIF update, checks, configs      common.py        stllr.h, ops.cpp   launch.cuh
+
+(csrc/ops.cpp also holds the op schemas, backends/cpu_cuda.py the extension's fake kernels; a .cu file
+holds only a family's device-specific passes, its GEMMs go through ATen as in the .cpp.)
 """
 from __future__ import annotations
 
@@ -16,10 +36,10 @@ import torch
 
 # name -> module under stllr_kernels.backends
 BACKEND_MODULES = {
-    "triton": "triton_ops",
-    "cuda": "ext",
-    "cpu": "ext",
-    "torch": "torch_ref",
+    "triton": "triton",
+    "cuda": "cpu_cuda",
+    "cpu": "cpu_cuda",
+    "torch": "torch_reference",
 }
 # per device type, the order `auto` tries (fastest first)
 AUTO_ORDER = {

@@ -1,18 +1,109 @@
-"""Triton kernels of the `triton` backend, one module per op family.
+"""The `triton` backend: fused Triton kernels for every op of DESIGN.md, one module per op family.
 
-Import only after `import triton` has succeeded (`backends/triton_ops.py` guards this): every module
-here defines `@triton.jit` kernels at import time. Each module holds its kernels first, then the
-launch functions with the op signatures of `stllr_kernels.reference`.
+Runs on CUDA GPUs; on a CPU only in Triton's interpreter (TRITON_INTERPRET=1 set before this package
+is imported), which is how the tests check it. Importing this package never fails: without Triton the
+ops raise BackendUnavailable and `unavailable_reason` says why, and the kernel modules below (each
+defines `@triton.jit` kernels at import time) are imported only once `import triton` has succeeded.
+Inputs may be float32, bfloat16 or float16 (states in float32); float64 inputs run the reference ops
+(see _launcher), and every launch runs under a device guard.
+
+Each kernel module holds its kernels first, then the launch functions with the op signatures of
+`stllr_kernels.reference`:
 
     common       Psi and the LIF update as jit helpers, block-size configs, dtype/shape checks
     lif          lif_step (one pass per time step), lif_sequence (all T steps, state in registers)
     trace        pre_trace, trace_sequence
-    eligibility  linear_backward: the eligibility GEMM (products formed while loading tiles) and dx
-    conv         conv_backward: products kernel + one conv weight-gradient
+    eligibility  linear_backward (the eligibility GEMM, products formed while loading tiles, and dx),
+                 conv_backward (one products kernel + one conv weight-gradient)
     recurrent    recurrent_sequence (a GEMM per step with the LIF and both traces as its epilogue),
                  readout_sequence (one GEMM, the leaky scan), recurrent_backward
     standardize  standardize_backward (one program per row)
-
-The same families in csrc/: lif.cpp, trace.cpp, eligibility.cpp (linear and conv), recurrent.cpp,
-standardize.cpp, each with its CUDA twin in csrc/cuda/.
 """
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Optional
+
+import torch
+
+from ... import reference
+
+try:
+    import triton  # noqa: F401
+except Exception as exc:  # ImportError, or a broken install
+    _IMPORT_ERROR: Optional[str] = f"triton is not importable ({type(exc).__name__}: {exc})"
+else:
+    _IMPORT_ERROR = None
+
+
+def _device_guard(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' device (`--device cuda:1`,
+    one DDP rank per GPU), as the C++ ops' CUDAGuard does."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launcher(op):
+    """Every op of this backend: float64 inputs run the reference op instead (the kernels keep
+    float32 state and take their factors as float32 scalars, which float64 tolerances would not
+    forgive); the kernels launch under a guard on the first tensor argument's device."""
+    reference_op = getattr(reference, op.__name__)
+
+    @functools.wraps(op)
+    def dispatch(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if any(t.dtype == torch.float64 for t in tensors):
+            return reference_op(*args, **kwargs)
+        with _device_guard(tensors[0].device if tensors else torch.device("cpu")):
+            return op(*args, **kwargs)
+    return dispatch
+
+
+if _IMPORT_ERROR is None:
+    from .common import INTERPRETED
+    from .eligibility import conv_backward, linear_backward
+    from .lif import lif_sequence, lif_step
+    from .trace import pre_trace, trace_sequence
+    from .recurrent import readout_sequence, recurrent_backward, recurrent_backward_reverse, recurrent_sequence
+    from .standardize import standardize_backward
+    (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
+     recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward,
+     recurrent_backward_reverse) = map(
+        _launcher,
+        (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
+         recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward,
+         recurrent_backward_reverse))
+else:
+    INTERPRETED = False
+
+    def _missing(*_args, **_kwargs):
+        from .. import BackendUnavailable
+        raise BackendUnavailable(f"backend 'triton' cannot run: {_IMPORT_ERROR}")
+
+    lif_step = pre_trace = lif_sequence = trace_sequence = linear_backward = conv_backward = _missing
+    recurrent_sequence = readout_sequence = recurrent_backward = standardize_backward = _missing
+    recurrent_backward_reverse = _missing
+
+__all__ = ["lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward",
+           "conv_backward", "recurrent_sequence", "readout_sequence", "recurrent_backward",
+           "standardize_backward", "recurrent_backward_reverse", "unavailable_reason"]
+
+
+def unavailable_reason(name: str, device_type: str) -> Optional[str]:
+    """None if the Triton kernels can run on `device_type`, else a sentence saying why not."""
+    if _IMPORT_ERROR is not None:
+        return f"{_IMPORT_ERROR}; install it with `pip install triton`"
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
+            return "no CUDA device is available (torch.cuda.is_available() is False)"
+        return None
+    if device_type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return ("Triton runs on CUDA GPUs; on a CPU only in its interpreter, enabled by setting "
+                    "TRITON_INTERPRET=1 before stllr_kernels is imported")
+        if not INTERPRETED:
+            return ("TRITON_INTERPRET=1 was set after the Triton kernels were defined; set it before "
+                    "stllr_kernels.backends.triton is imported")
+        return None
+    return f"Triton kernels do not run on device type {device_type!r} (only 'cuda', or 'cpu' interpreted)"

@@ -54,7 +54,7 @@ def _missing_extension_reason() -> str:
 def unavailable_reason(name: str, device_type: str) -> Optional[str]:
     """None if backend `name` ("cpu" or "cuda") can run on `device_type`, else why not."""
     if name not in ("cpu", "cuda"):
-        return f"the ext module serves the 'cpu' and 'cuda' backends, not {name!r}"
+        return f"backends.cpu_cuda (the C++/CUDA extension) serves 'cpu' and 'cuda', not {name!r}"
     if device_type != name:
         return f"the {name} backend runs on {name} tensors only, not on {device_type}"
     if _C is None:
