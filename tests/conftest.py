@@ -136,3 +136,4 @@ def seed(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a long test (deselect with -m 'not slow')")
+

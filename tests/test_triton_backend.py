@@ -52,26 +52,32 @@ def test_unavailable_reason_here():
     assert "device type" in T.unavailable_reason("triton", "mps")
 
 
-@pytest.mark.slow  # two fresh interpreters importing torch and triton
+@pytest.mark.slow  # a fresh interpreter importing torch and triton
 def test_unavailable_reason_without_interpreter_or_triton():
-    """Run in fresh interpreters: no TRITON_INTERPRET on a CPU, and triton missing altogether."""
+    """In a fresh interpreter without TRITON_INTERPRET: first with triton missing altogether, then
+    (the package's modules dropped and imported again) with triton present but no interpreter."""
     code = (
         "import sys\n"
-        "if sys.argv[1] == 'no-triton': sys.modules['triton'] = None\n"
-        "from stllr_kernels.backends import triton as T\n"
-        "print(T.unavailable_reason('triton', 'cpu'))\n"
-        "try:\n    T.lif_step(None, None, None, None, None, None)\n"
-        "except Exception as e:\n    print(type(e).__name__)\n")
+        "def attempt():\n"
+        "    from stllr_kernels.backends import triton as T\n"
+        "    print(T.unavailable_reason('triton', 'cpu'))\n"
+        "    try:\n        T.lif_step(None, None, None, None, None, None)\n"
+        "    except Exception as e:\n        print(type(e).__name__)\n"
+        "sys.modules['triton'] = None\n"
+        "attempt()\n"
+        "print('-- with triton')\n"
+        "del sys.modules['triton']\n"
+        "for name in [m for m in sys.modules if m == 'stllr_kernels' or m.startswith('stllr_kernels.')]:\n"
+        "    del sys.modules[name]\n"
+        "attempt()\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(stllr_kernels.__file__)),
                                          env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code, "no-triton"], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert "triton is not importable" in out.stdout and "BackendUnavailable" in out.stdout, out
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    without, _, with_triton = out.stdout.partition("-- with triton")
+    assert "triton is not importable" in without and "BackendUnavailable" in without, out
     if not torch.cuda.is_available():
-        out = subprocess.run([sys.executable, "-c", code, "plain"], env=env, capture_output=True,
-                             text=True, timeout=120)
-        assert "TRITON_INTERPRET=1" in out.stdout, out
+        assert "TRITON_INTERPRET=1" in with_triton, out
 
 
 # ----------------------------------------------------------------------------- linear eligibility

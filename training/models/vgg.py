@@ -64,13 +64,14 @@ class VGGBPTT(SpikingModel):
     """
 
     def __init__(self, in_channels: int, height: int, width: int, num_classes: int,
-                 activation: str, dropout: float, feedback_mode: str = "BP"):
+                 activation: str, dropout: float, feedback_mode: str = "BP", channel_scale: float = 1.0):
         self.input_shape, self.num_classes = (in_channels, height, width), num_classes
         super().__init__(feedback_mode)
         psi = surrogate_psi(activation)
         self.convs, self.lifs, self.drops, self.pools = (nn.ModuleList() for _ in range(4))
         channels = in_channels
         for out, pool in VGG_LAYERS:
+            out = max(1, int(out * channel_scale))  # < 1: a narrower copy (quick tests)
             self.convs.append(WSConv2d(channels, out, 3, 1, 1))
             self.lifs.append(LIF(leak=VGG_LEAK, psi=psi))
             self.drops.append(SpikingDropout(dropout))
