@@ -47,9 +47,11 @@ def headline(out: Path, device: str) -> str:
                          f"{mem('BPTT (stllr_kernels.nn)')} | — | {mem('BPTT (SpikingJelly)')} | — |")
         c = {r["method"]: r for r in macs if r["model"] == model}
         if c:
+            fused = c.get("S-TLLR time-fused")
+            stllr = f"online {c['S-TLLR']['total']}" + (f", time-fused {fused['total']}" if fused else "")
+            ratios = f"{c['S-TLLR']['BPTT / S-TLLR total']}" + (f"; {fused['BPTT / S-TLLR total']}" if fused else "")
             lines.append(f"| {model} | MACs / sample (T={c['S-TLLR']['T']}, delay-ls "
-                         f"{c['S-TLLR']['delay-ls']}) | {c['S-TLLR']['total']} | {c['BPTT']['total']} "
-                         f"({c['BPTT']['BPTT / S-TLLR total']}) | — | — | — |")
+                         f"{c['S-TLLR']['delay-ls']}) | {stllr} | {c['BPTT']['total']} ({ratios}) | — | — | — |")
     return "\n".join(lines)
 
 
@@ -59,7 +61,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     args = p.parse_args(argv)
     table = headline(args.out, args.device)
-    note = ("Ratios in parentheses: time or memory over S-TLLR online, MACs BPTT over S-TLLR. "
+    note = ("Ratios in parentheses: time or memory over S-TLLR online; MACs BPTT over S-TLLR (online; time-fused). "
             f"Details: [train_step_{args.device}.md](train_step_{args.device}.md), "
             f"[memory_{args.device}.md](memory_{args.device}.md), [macs.md](macs.md).")
     (args.out / f"summary_{args.device}.md").write_text(f"# Benchmark summary ({args.device})\n\n{table}\n\n{note}\n")
