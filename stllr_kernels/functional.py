@@ -32,7 +32,7 @@ from .reference import current_conv, current_linear
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """stride, padding, dilation, groups of a conv layer (ints normalised to pairs)."""
+    """stride, padding, dilation, groups of a conv layer, as nn.Conv2d holds them (pairs)."""
 
     stride: tuple
     padding: tuple
