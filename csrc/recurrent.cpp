@@ -213,20 +213,8 @@ void recurrent_step_range(const scalar_t* __restrict__ cur, const scalar_t* __re
                           scalar_t* __restrict__ sp_saved, acc_t* __restrict__ trrec_prev, int64_t n,
                           acc_t beta, acc_t theta, acc_t lambda_post, acc_t lambda_pre) {
   for (int64_t i = 0; i < n; ++i) {
-    const scalar_t current = cur[i] + rec[i];  // rounded to the input dtype, as the reference adds
-    const acc_t tr_old = tr[i], trrec_old = trrec[i];
-    const LifUpdate<PSI, RESET, POST, acc_t> up(static_cast<acc_t>(current), v[i], tr_old, beta, theta,
-                                                lambda_post);
-    s[i] = static_cast<scalar_t>(up.spike);
-    v[i] = up.v;
-    tr[i] = up.trpost;
-    trrec[i] = lambda_pre * trrec_old + up.spike;
-    if constexpr (SAVE) {
-      psi[i] = up.psi;
-      prev[i] = tr_old;
-      sp_saved[i] = sp[i];
-      trrec_prev[i] = trrec_old;
-    }
+    recurrent_neuron_step<PSI, RESET, POST>(i, SAVE, cur, rec, sp, v, tr, trrec, beta, theta, lambda_post,
+                                            lambda_pre, s, psi, prev, sp_saved, trrec_prev);
   }
 }
 

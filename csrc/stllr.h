@@ -56,6 +56,31 @@ struct LifUpdate {
   }
 };
 
+// One neuron of the recurrent layer, one step: the LIF on W x[t] + W_rec s[t-1] (added in the input
+// dtype, as the reference adds), its post trace and the trace of its own spikes; with `save`, what
+// the backward keeps (psi, trpost[t-1], s[t-1], trrec[t-1]). The C++ loop and the CUDA kernel share it.
+template <int PSI, int RESET, int POST, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void recurrent_neuron_step(
+    int64_t i, bool save, const scalar_t* __restrict__ cur, const scalar_t* __restrict__ rec,
+    const scalar_t* __restrict__ sp, acc_t* __restrict__ v, acc_t* __restrict__ tr, acc_t* __restrict__ trrec,
+    acc_t beta, acc_t theta, acc_t lambda_post, acc_t lambda_pre, scalar_t* __restrict__ s,
+    acc_t* __restrict__ psi, acc_t* __restrict__ prev, scalar_t* __restrict__ sp_saved,
+    acc_t* __restrict__ trrec_prev) {
+  const scalar_t current = cur[i] + rec[i];
+  const acc_t tr_old = tr[i], trrec_old = trrec[i];
+  const LifUpdate<PSI, RESET, POST, acc_t> up(static_cast<acc_t>(current), v[i], tr_old, beta, theta, lambda_post);
+  s[i] = static_cast<scalar_t>(up.spike);
+  v[i] = up.v;
+  tr[i] = up.trpost;
+  trrec[i] = lambda_pre * trrec_old + up.spike;
+  if (save) {
+    psi[i] = up.psi;
+    prev[i] = tr_old;
+    sp_saved[i] = sp[i];
+    trrec_prev[i] = trrec_old;
+  }
+}
+
 // Calls f(integral_constant<PSI>, integral_constant<RESET>, integral_constant<POST>) so that each
 // combination is compiled as its own loop (no branch inside the vectorised loop).
 template <typename F>

@@ -114,6 +114,17 @@ def seed_salt() -> int:
         raise pytest.UsageError(f"{SEED_SALT_ENV}: expected an integer, got {value!r}") from None
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): on a
+    small shared CPU, torch's thread pool spin-waits and runs small per-step ops, per-recording
+    transforms and small convs many times slower than a single thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def seed(request):
     """A fresh, reproducible seed per test (from its name, mixed with STLLR_TEST_SEED_SALT), set

@@ -18,6 +18,8 @@ from stllr_kernels.nn import LIF
 from training.models.shd import SHDBPTT
 from training.models.vgg import VGGBPTT
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small ops run faster on one thread
+
 PSI = {  # SPEC section 3
     "triangle": lambda u: 0.3 * torch.clamp(1 - u.abs(), min=0),
     "sigmoid": lambda u: 4 * torch.sigmoid(4 * u) * (1 - torch.sigmoid(4 * u)),
@@ -72,15 +74,6 @@ def compare_gradients(model, ref, loss_model, loss_ref):
         torch.testing.assert_close(p.grad, ref[name].grad, **tol(torch.float64, p[0].numel()), msg=name)
         checked += 1
     return checked
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: a shared small CPU runs these convs faster without torch's thread pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 POOLED_BLOCKS = (1, 3, 5)  # the 2nd, 4th and 6th conv are followed by a 2x2 average pool

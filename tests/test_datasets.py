@@ -34,22 +34,14 @@ from training.datasets.sources import EventSource, offline  # noqa: E402
 from training.datasets.transforms import normalize, random_crop, resize  # noqa: E402
 from training.errors import DatasetError  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small ops run faster on one thread
+
 
 def args_for(root, workers=0, frames=None, download=False):
     args = argparse.Namespace(data_path=str(root), workers=workers, download=download)
     if frames is not None:
         args.frames = frames
     return args
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, torch's thread pool spin-waits and runs these
-    small per-recording ops many times slower than a single thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

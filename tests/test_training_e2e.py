@@ -16,7 +16,8 @@ import pytest
 
 pytest.importorskip("tonic")
 pytest.importorskip("aedat")
-pytestmark = pytest.mark.slow  # every paper command end to end on tiny real-format files
+# every paper command end to end on tiny real-format files, on one torch thread
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 import dataset_fixtures as fx  # noqa: E402
 
@@ -56,18 +57,6 @@ def command(name: str, data_path, save_path, **overrides) -> list:
     for flag, value in values.items():
         argv[argv.index(flag) + 1] = str(value)
     return argv + ["--cpu", "--workers", "0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU, torch's thread pool spin-waits and runs these
-    small per-step ops many times slower than a single thread."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

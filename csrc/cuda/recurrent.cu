@@ -23,21 +23,10 @@ __global__ void recurrent_step_kernel(const scalar_t* __restrict__ cur, const sc
                                       scalar_t* __restrict__ sp_saved, acc_t* __restrict__ trrec_prev,
                                       int64_t n) {
   const acc_t beta = *beta_ptr, theta = *theta_ptr;
+  const bool save = psi != nullptr;
   STLLR_GRID_STRIDE(i, n) {
-    const scalar_t current = cur[i] + rec[i];  // rounded to the input dtype, as the reference adds
-    const acc_t tr_old = tr[i], trrec_old = trrec[i];
-    const LifUpdate<PSI, RESET, POST, acc_t> up(static_cast<acc_t>(current), v[i], tr_old, beta, theta,
-                                                lambda_post);
-    s[i] = static_cast<scalar_t>(up.spike);
-    v[i] = up.v;
-    tr[i] = up.trpost;
-    trrec[i] = lambda_pre * trrec_old + up.spike;
-    if (psi != nullptr) {
-      psi[i] = up.psi;
-      prev[i] = tr_old;
-      sp_saved[i] = sp[i];
-      trrec_prev[i] = trrec_old;
-    }
+    recurrent_neuron_step<PSI, RESET, POST>(i, save, cur, rec, sp, v, tr, trrec, beta, theta, lambda_post,
+                                            lambda_pre, s, psi, prev, sp_saved, trrec_prev);
   }
 }
 
