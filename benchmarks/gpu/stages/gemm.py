@@ -14,6 +14,7 @@ import torch
 
 from stllr_kernels import reference as R
 
+from ..timing import DEVICE
 from .inputs import conv_inputs, linear_inputs
 
 PRECISIONS = (("fp32", torch.float32, "highest"), ("tf32", torch.float32, "high"),
@@ -92,11 +93,11 @@ def run(ctx) -> None:
             ref_us = ctx.clock.us(lambda: getattr(R, check)(*args))
             limit_name = "torch.mm, same FLOPs" if flops else "cuDNN wgrad + dgrad"
             limit_rate = f"{flops / limit_us / 1e6:.4g} TFLOP/s" if flops else ""
-            ctx.add(check, label, limit_name, us=limit_us, ref_us=ref_us, achieved=limit_rate)
+            ctx.add(check, label, limit_name, us=limit_us, ref_us=ref_us, timing=DEVICE, achieved=limit_rate)
             for name, ops in provs.items():
                 with ctx.guard(check, label, name):
                     us = ctx.clock.us(lambda: getattr(ops, check)(*args))
-                    ctx.add(check, label, name, us=us, ref_us=ref_us,
+                    ctx.add(check, label, name, us=us, ref_us=ref_us, timing=DEVICE,
                             achieved=f"{flops / us / 1e6:.4g} TFLOP/s" if flops else "",
                             limit=f"{limit_name} {limit_us:.4g} us", pct=100 * limit_us / us,
                             note="goal >= 70% of torch.mm's rate" if flops else "", headline=headline)

@@ -1,0 +1,58 @@
+"""Every autotune config of every Triton kernel checked at least once: round i restricts each
+kernel to its config i (`benchmarks.gpu.triton_configs`, from the kernels' own autotuners), then
+runs the core correctness cases (one float32 case of every op, and linear_backward in bf16, whose
+tl.dot takes the tensor-core path) against the reference. One row per op and round, then one
+coverage row per kernel: which of its configs ran and passed. The interpreter has one config per
+kernel, so the tiny run has one round."""
+from __future__ import annotations
+
+import torch
+
+from .. import triton_configs as TC
+from . import correctness
+
+
+def run(ctx) -> None:
+    ops = ctx.providers(["triton"]).get("triton")
+    if ops is None:
+        return
+    from stllr_kernels.backends.triton.common import SINGLE_CONFIG, SINGLE_CONFIG_ENV
+    if SINGLE_CONFIG:
+        ctx.add("autotune configs", "every kernel", "triton", "ERROR",
+                detail=f"{SINGLE_CONFIG_ENV} is set in this process: the kernels hold their first config only")
+        return
+    tuners = TC.autotuners()
+    todo = correctness.core(correctness.cases(ctx))
+    linear_bf16 = next(c for c in correctness.cases(ctx) if c[0] == "linear_backward" and c[2] is torch.bfloat16)
+    todo.append(linear_bf16)
+    ctx.clock.start()
+    ran = {name: set() for name in tuners}      # config indices launched
+    failed = {name: set() for name in tuners}   # config indices launched in a round with a bad row
+    for i in range(TC.rounds(tuners)):
+        with TC.only_config(tuners, i) as this:
+            bad = False
+            for check, case, dtype, fn in todo:
+                if ctx.skip_if_over_budget(check, f"config {i}: {case}"):
+                    bad = True
+                    continue
+                good = False
+                with ctx.guard(check, f"config round {i}: {case}", "triton"):
+                    verdict = fn(ops)
+                    ctx.add(check, f"config round {i}: {case}", "triton", verdict.word, detail=verdict.detail)
+                    good = verdict.ok
+                bad |= not good
+        for name in this.launched:
+            index = min(i, len(tuners[name].configs) - 1)
+            ran[name].add(index)
+            if bad:
+                failed[name].add(index)
+    for name, tuner in tuners.items():
+        n = len(tuner.configs)
+        missing = sorted(set(range(n)) - ran[name])
+        ok = not missing and not failed[name]
+        detail = f"{len(ran[name])} of {n} configs ran"
+        if missing:
+            detail += f"; never launched: {', '.join(TC.describe(tuner.configs[j]) for j in missing)}"
+        if failed[name]:
+            detail += f"; in a round with a bad row: {', '.join(TC.describe(tuner.configs[j]) for j in sorted(failed[name]))}"
+        ctx.add("autotune configs", name, "triton", "ok" if ok else "FAIL", detail=detail)
