@@ -86,7 +86,7 @@ class Context:
                 found[name] = importlib.import_module(f"stllr_kernels.backends.{BACKEND_MODULES[name]}")
             else:
                 required = self.args.require_ext and name == self.ext_name()
-                if name == self.ext_name() and os.environ.get(NO_EXTENSION_ENV):
+                if name == self.ext_name() and os.environ.get(NO_EXTENSION_ENV, "0") not in ("", "0"):
                     reason = (f"the run goes on without the extension ({NO_EXTENSION_ENV}=1: its build failed "
                               f"or could not start; see build.log)")
                 self.add("backend available", name, name, "ERROR" if required else "skipped",

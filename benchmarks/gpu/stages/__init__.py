@@ -1,12 +1,12 @@
 """The stages of the GPU check, in the order the driver considers them: most valuable first, so that
 a run cut short still answers "is every op correct, and how fast and lean against BPTT".
 
-    while the extension builds   warm-end-to-end, correct-triton (core rows first), warm-* of the
-                                 other timing stages (they use idle cores; never hold up a timing)
+    while the extension builds   correct-triton (core rows first), warm-end-to-end (its compiles)
     after the build              correct-ext (core rows first)
     alone on the GPU             end-to-end-shd: S-TLLR vs BPTT, time and memory, the paper's SHD size
-    then, side by side           triton-configs (every autotune config), large, sanitizer,
-                                 conformance, cuda-tests (issue 19's CUDA cases)
+    then, side by side           warm-* of the other timing stages, triton-configs (every autotune
+                                 config), large, sanitizer, conformance, cuda-tests (issue 19's
+                                 CUDA test cases)
     then alone, one at a time    bandwidth, gemm, layers, end-to-end-vgg, profile
 
 `exclusive` stages time things: they run alone on the GPU, one after another, after every stage
@@ -43,24 +43,21 @@ class Stage:
 SINGLE_CONFIG = {"STLLR_TRITON_SINGLE_CONFIG": "1"}  # checks need no autotuning, only a config
 
 STAGES = (
-    Stage("warm-end-to-end", "warm", 150, 150, needs_build=False, args=("--target", "end-to-end-shd"),
-          may_time_out=True, requires=TRAINING),
     Stage("correct-triton", "correctness", 200, 150, needs_build=False, args=("--provider", "triton"),
           env=SINGLE_CONFIG),
-    Stage("warm-bandwidth", "warm", 150, 150, needs_build=False, args=("--target", "bandwidth"),
-          may_time_out=True),
-    Stage("warm-gemm", "warm", 150, 150, needs_build=False, args=("--target", "gemm"),
-          may_time_out=True),
-    Stage("warm-layers", "warm", 120, 120, needs_build=False, args=("--target", "layers"),
-          may_time_out=True),
+    Stage("warm-end-to-end", "warm", 150, 150, needs_build=False, args=("--target", "end-to-end-shd"),
+          may_time_out=True, requires=TRAINING),
     Stage("correct-ext", "correctness", 150, 120, args=("--provider", "ext"), env=SINGLE_CONFIG,
           ext_only=True),
     Stage("end-to-end-shd", "end_to_end", 110, 70, exclusive=True, args=("--case", "shd"), requires=TRAINING),
+    Stage("warm-bandwidth", "warm", 150, 150, args=("--target", "bandwidth"), may_time_out=True),
+    Stage("warm-gemm", "warm", 150, 150, args=("--target", "gemm"), may_time_out=True),
+    Stage("warm-layers", "warm", 120, 120, args=("--target", "layers"), may_time_out=True),
     Stage("triton-configs", "configs", 150, 120),
     Stage("large", "large", 120, 90, env=SINGLE_CONFIG),
     Stage("sanitizer", "sanitizer", 150, 120, env=SINGLE_CONFIG),
     Stage("conformance", "conformance", 110, 100, env=SINGLE_CONFIG, requires=("pytest",)),
-    Stage("cuda-tests", "cuda_tests", 110, 100, requires=("pytest",)),
+    Stage("cuda-tests", "cuda_tests", 110, 100, env=SINGLE_CONFIG, requires=("pytest",)),
     Stage("bandwidth", "bandwidth", 75, 25, exclusive=True),
     Stage("gemm", "gemm", 90, 35, exclusive=True),
     Stage("layers", "layers", 60, 25, exclusive=True),
