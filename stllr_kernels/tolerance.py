@@ -14,8 +14,10 @@ ulps (of the state dtype, relative to the terms summed) of 0: there a different 
 flip the spike (`near_threshold`, `assert_spikes_match`).
 
 The float32 oracles are exact float32 only with TF32 off: cuDNN convolutions default to TF32 on
-Ampere and later GPUs (about 1e-3 relative error against the policy's 1e-4). `exact_float32()`
-turns TF32 off for matmuls and cuDNN; the test session and every GPU-check process call it first.
+Ampere and later GPUs (about 1e-3 relative error against the policy's 1e-4). `exact_oracles()`
+turns TF32 off for matmuls and cuDNN (and cuBLAS's reduced-precision bf16 / fp16 reductions, so
+that a half-precision oracle accumulates in float32 as the kernels do); the test session and every
+GPU-check process call it first.
 """
 from __future__ import annotations
 
@@ -85,17 +87,23 @@ def assert_spikes_match(actual: torch.Tensor, expected: torch.Tensor, at_thresho
     return differ if time_dim is None else differ.any(time_dim)
 
 
-def exact_float32() -> None:
-    """Every float32 matmul and convolution in plain float32 (TF32 off for cuBLAS and cuDNN; the
-    float32 Triton dots follow torch's matmul precision, see backends/triton/common.py). Harmless
-    on a CPU. Call it before comparing against a float32 oracle."""
+def exact_oracles() -> None:
+    """The oracles in the precision they claim: every float32 matmul and convolution in plain
+    float32 (TF32 off for cuBLAS and cuDNN; the float32 Triton dots follow torch's matmul precision,
+    see backends/triton/common.py), and bf16 / fp16 GEMMs reducing in float32 as the kernels do (no
+    reduced-precision split-K partial sums in cuBLAS). Harmless on a CPU. Call it before comparing
+    against an oracle."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
 
-def tf32_state() -> dict:
-    """What `exact_float32` sets, as read back (a report line / a test's evidence)."""
-    return {"matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
-            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+def oracle_state() -> dict:
+    """What `exact_oracles` sets, as read back (a report line / a test's evidence)."""
+    m = torch.backends.cuda.matmul
+    return {"matmul.allow_tf32": m.allow_tf32, "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "bf16_reduced_precision_reduction": m.allow_bf16_reduced_precision_reduction,
+            "fp16_reduced_precision_reduction": m.allow_fp16_reduced_precision_reduction}

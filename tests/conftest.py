@@ -33,11 +33,12 @@ import stllr_kernels  # noqa: E402
 # the one tolerance policy (stllr_kernels/tolerance.py, shared with the GPU check), re-exported here
 # for the tests' `from conftest import ...`
 from stllr_kernels.tolerance import (THRESHOLD_ULPS, TOLERANCES, assert_close_policy,  # noqa: E402,F401
-                                     assert_spikes_match, exact_float32, near_threshold, tol)
+                                     assert_spikes_match, exact_oracles, near_threshold, tol)
 
-# every float32 oracle in exact float32, in every pytest process (the GPU check starts several):
-# cuDNN would otherwise run float32 convolutions in TF32 on a GPU (harmless on a CPU)
-exact_float32()
+# every float32 oracle in exact float32 (and half GEMMs reducing in float32), in every pytest process
+# (the GPU check starts several): cuDNN would otherwise run float32 convolutions in TF32 on a GPU
+# (harmless on a CPU)
+exact_oracles()
 
 SEED_SALT_ENV = "STLLR_TEST_SEED_SALT"
 

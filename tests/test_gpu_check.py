@@ -25,14 +25,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ----------------------------------------------------------------------------- the rules
 
 def test_the_test_session_turns_tf32_off():
-    """tests/conftest.py turns TF32 off for matmuls and cuDNN when a pytest process starts, so every
-    pytest process the GPU check starts (conformance, cuda-tests) compares against exact float32
-    oracles. torch's own default leaves cuDNN's TF32 on (shown in a fresh process)."""
-    fresh = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cudnn.allow_tf32)"],
+    """tests/conftest.py turns TF32 off for matmuls and cuDNN (and cuBLAS's reduced-precision
+    half reductions) when a pytest process starts, so every pytest process the GPU check starts
+    (conformance, cuda-tests) compares against exact float32 oracles. torch's own defaults leave
+    cuDNN's TF32 and the reduced-precision reductions on (shown in a fresh process)."""
+    fresh = subprocess.run([sys.executable, "-c", "import torch; m = torch.backends.cuda.matmul; "
+                            "print(torch.backends.cudnn.allow_tf32, m.allow_bf16_reduced_precision_reduction)"],
                            capture_output=True, text=True, timeout=120)
-    assert fresh.stdout.strip() == "True", fresh.stdout + fresh.stderr
-    assert tolerance.tf32_state() == {"matmul.allow_tf32": False, "cudnn.allow_tf32": False,
-                                      "float32_matmul_precision": "highest"}
+    assert fresh.stdout.split() == ["True", "True"], fresh.stdout + fresh.stderr
+    assert tolerance.oracle_state() == {"matmul.allow_tf32": False, "cudnn.allow_tf32": False,
+                                        "float32_matmul_precision": "highest",
+                                        "bf16_reduced_precision_reduction": False,
+                                        "fp16_reduced_precision_reduction": False}
 
 
 def test_spike_flip_rule():

@@ -362,7 +362,7 @@ def header(tiny: bool, command: str, seconds: float) -> list[str]:
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
         f"{seconds:.0f} s so far; command: `{command}`",
         "- oracles: `stllr_kernels.reference` on the same device and inputs, in float32 with TF32 off "
-        "(`stllr_kernels.tolerance.exact_float32()` in every stage process, and in every pytest process "
+        "(`stllr_kernels.tolerance.exact_oracles()` in every stage process, and in every pytest process "
         "through tests/conftest.py); TF32 only in the gemm rows marked tf32, which time it",
         "- values: the package's tolerance policy, the test suite's too (`stllr_kernels/tolerance.py` "
         "`tol(dtype, reduction)`; `detail` gives the worst error over the allowed error, <= 1 passes)",

@@ -100,8 +100,8 @@ def main(argv=None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton or stllr_kernels is imported
     import torch
 
-    from stllr_kernels.tolerance import exact_float32
-    exact_float32()  # every float32 oracle in exact float32: cuDNN would use TF32 by default on a GPU
+    from stllr_kernels.tolerance import exact_oracles
+    exact_oracles()  # every float32 oracle in exact float32: cuDNN would use TF32 by default on a GPU
     from .rows import RowSink, make_row
     if not args.tiny and not torch.cuda.is_available():
         RowSink(args.rows).add(make_row(args.name, "stage", verdict="ERROR",

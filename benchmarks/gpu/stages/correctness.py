@@ -241,9 +241,8 @@ def oracle_precision(ctx) -> None:
     mm = rel(a @ b, a.double() @ b.double())
     conv = rel(torch.nn.functional.conv2d(x, w, padding=1),
                torch.nn.functional.conv2d(x.double(), w.double(), padding=1))
-    flags = (f"allow_tf32 matmul={torch.backends.cuda.matmul.allow_tf32} "
-             f"cudnn={torch.backends.cudnn.allow_tf32}, matmul precision "
-             f"{torch.get_float32_matmul_precision()}")
+    from stllr_kernels.tolerance import oracle_state
+    flags = ", ".join(f"{k}={v}" for k, v in oracle_state().items())
     ok = mm < 1e-5 and conv < 1e-5
     ctx.add("oracle precision", "fp32 matmul and conv2d vs float64", "torch", "ok" if ok else "FAIL",
             detail=f"relative error matmul {mm:.1e}, conv {conv:.1e} (TF32 would give ~1e-3); {flags}")

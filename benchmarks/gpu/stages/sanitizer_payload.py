@@ -16,8 +16,8 @@ from .inputs import (beta_theta, conv_inputs, linear_inputs, readout_inputs, rec
 def main() -> int:
     import importlib
 
-    from stllr_kernels.tolerance import exact_float32
-    exact_float32()  # a fresh process: cuDNN would run the float32 oracles in TF32
+    from stllr_kernels.tolerance import exact_oracles
+    exact_oracles()  # a fresh process: cuDNN would run the float32 oracles in TF32
     dev = torch.device("cuda")
     beta, theta = beta_theta(dev)
     failures = 0
