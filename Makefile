@@ -62,8 +62,8 @@ cuda-check: venv
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# The GPU check on a GPU machine (see README, "Running the GPU check"): the machine's own python3,
-# nothing installed; builds the CUDA extension in place, then checks and times every kernel.
+# The GPU check on a GPU machine (see docs/gpu-check.md): the machine's own python3, nothing
+# installed; lists what is missing, builds the CUDA extension in place, checks and times every kernel.
 # Files land in GPU_CHECK_OUT (gpu_check.md, gpu_check.csv, gpu_check.log, build.log).
 GPU_CHECK_OUT ?= gpu-check-out
 .PHONY: gpu-check gpu-check-cpu compile-check-triton36

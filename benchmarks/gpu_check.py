@@ -3,21 +3,26 @@
     python3 -m benchmarks.gpu_check --out DIR        # on the GPU machine (also: make gpu-check)
     python3 -m benchmarks.gpu_check --out DIR --cpu-interpret   # the same stages, tiny, on a CPU
 
-Uses the running python3 and installs nothing. First builds the CUDA extension in place (every
-core, sm_90; a failure stops the run, its log in DIR/build.log), then runs the stages of
-`benchmarks/gpu/stages/` each in its own process: correctness of every op of the `triton` and
-`cuda` backends against the reference (TF32 off), one case above 2^31 elements, compute-sanitizer
-memcheck, the conformance suite; then, alone on the GPU, the timings (element-wise and sequence
-kernels vs copy bandwidth, eligibility GEMM vs torch.mm, the time-fused layer, end-to-end training
-batches with peak memory, a profile of one SHD online batch). DIR/gpu_check.md and
-DIR/gpu_check.csv are rewritten after every stage; DIR/gpu_check.log holds every stage's output.
-Exit code 0: every row passed; 1: some row FAILed, erred or timed out; 2: bad arguments or no
-GPU; 3: the extension did not build.
+Uses the running python3 and installs nothing. First lists the modules and tools it needs, found or
+missing, and what it skips without each (`benchmarks/gpu/deps.py`); builds the CUDA extension in
+place (every core, sm_90; its log in DIR/build.log) while the Triton correctness rows and the
+compile warm-ups run; then runs the stages of `benchmarks/gpu/stages/` each in its own process,
+most valuable first: every op of the `triton` and `cuda` backends against the reference (TF32 off;
+one float32 case of every op first), one end-to-end SHD training batch of S-TLLR against BPTT (time
+and memory), every autotune config of every Triton kernel, one case above 2^31 elements,
+compute-sanitizer memcheck, the conformance suite, issue 19's CUDA test cases; then, alone on the
+GPU, the timings (element-wise and sequence kernels vs copy bandwidth, eligibility GEMM vs torch.mm,
+the time-fused layer, the Gesture VGG batch, a profile of one SHD online batch). DIR/gpu_check.md
+and DIR/gpu_check.csv are rewritten after every stage; DIR/gpu_check.log holds every stage's output.
+A failed build skips only the extension's rows. Exit code 0: every row passed; 1: some row FAILed,
+erred or timed out; 2: bad arguments, no GPU or no torch; 3: the extension did not build (the rest
+of the report is complete).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import shutil
 import sys
@@ -41,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--stages", default="", help=f"comma-separated subset of {', '.join(STAGE_NAMES)}")
     p.add_argument("--skip-build", action="store_true",
                    help="use the extension already built (a second run on the same machine)")
+    p.add_argument("--simulate-build-failure", action="store_true",
+                   help="replace the build by one that fails at once (the failure path, testable without a "
+                        "GPU: with --cpu-interpret the extension's rows are skipped and the rest runs)")
     p.add_argument("--total", type=float, default=None,
                    help=f"seconds for the whole run, build included (default {TOTAL_S:.0f}; "
                         f"{INTERPRET_TOTAL_S:.0f} with --cpu-interpret)")
@@ -77,6 +85,9 @@ def main(argv=None) -> int:
         print(f"gpu_check: --stages: unknown {unknown}; expected some of {list(STAGE_NAMES)}",
               file=sys.stderr)
         return 2
+    if importlib.util.find_spec("torch") is None:
+        print("gpu_check: torch is not importable by this python3; nothing can run.", file=sys.stderr)
+        return 2
     if not args.cpu_interpret and shutil.which("nvidia-smi") is None and not _torch_sees_cuda():
         print("gpu_check: no CUDA device here. Run it on a GPU machine, or add --cpu-interpret for "
               "the tiny logic check in Triton's interpreter.", file=sys.stderr)
@@ -89,7 +100,10 @@ def main(argv=None) -> int:
     stages = [dataclasses.replace(s, timeout_s=limits.get(s.name, s.timeout_s * args.time_scale),
                                   budget_s=limits.get(s.name, s.budget_s * args.time_scale))
               for s in STAGES if not chosen or s.name in chosen]
-    build = None if (args.cpu_interpret or args.skip_build) else driver.build_command()
+    if args.simulate_build_failure:
+        build = driver.failing_build_command()
+    else:
+        build = None if (args.cpu_interpret or args.skip_build) else driver.build_command()
     command = "python3 -m benchmarks.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
     run = driver.Run(os.path.abspath(args.out), args.cpu_interpret, args.total, stages, build,
                      command=command.strip())

@@ -1,9 +1,11 @@
-"""Shared test setup: Triton runs in its interpreter on CPU, fresh seeded inputs, one tolerance policy.
+"""Shared test setup: Triton runs in its interpreter on CPU, TF32 off, fresh seeded inputs, one
+tolerance policy.
 
 Every value comparison in tests/ goes through `assert_close_policy` (or `tol` for the rare caller
 that needs the numbers): float32 summation order differs between processors and libraries, so a
 result summed over n terms is allowed noise growing with sqrt(n). Spikes compare exactly, except
-where the membrane is within rounding of the threshold (`assert_spikes_match`).
+where the membrane is within rounding of the threshold (`assert_spikes_match`). The policy itself is
+`stllr_kernels/tolerance.py` (no pytest there: the GPU check uses it too); this file re-exports it.
 """
 from __future__ import annotations
 
@@ -28,69 +30,17 @@ import zlib  # noqa: E402
 import pytest  # noqa: E402
 
 import stllr_kernels  # noqa: E402
-from stllr_kernels.reference import state_dtype  # noqa: E402
+# the one tolerance policy (stllr_kernels/tolerance.py, shared with the GPU check), re-exported here
+# for the tests' `from conftest import ...`
+from stllr_kernels.tolerance import (THRESHOLD_ULPS, TOLERANCES, assert_close_policy,  # noqa: E402,F401
+                                     assert_spikes_match, exact_oracles, near_threshold, tol)
 
-# atol/rtol per dtype for one op; a reduction over n terms gets atol * sqrt(n) (see tol()).
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-8),
-    torch.float32: (1e-5, 1e-4),
-    torch.bfloat16: (2e-2, 2e-2),
-    torch.float16: (2e-3, 2e-3),
-}
-# u = beta v + I - theta within this many ulps (of the state dtype, relative to the magnitude of
-# the terms summed) is "at the threshold": a different rounding order may flip that spike.
-THRESHOLD_ULPS = 8
+# every float32 oracle in exact float32 (and half GEMMs reducing in float32), in every pytest process
+# (the GPU check starts several): cuDNN would otherwise run float32 convolutions in TF32 on a GPU
+# (harmless on a CPU)
+exact_oracles()
+
 SEED_SALT_ENV = "STLLR_TEST_SEED_SALT"
-
-
-def tol(dtype: torch.dtype, reduction: int = 1) -> dict:
-    """Tolerances for torch.testing.assert_close: atol grows with the reduction length."""
-    atol, rtol = TOLERANCES[dtype]
-    return {"atol": atol * max(1.0, reduction ** 0.5), "rtol": rtol}
-
-
-def assert_close_policy(actual, expected, dtype: torch.dtype | None = None, reduction: int = 1,
-                        msg: str | None = None):
-    """`actual` equals `expected` up to the noise of `dtype` (default: expected's dtype) over a
-    reduction of `reduction` terms. Shapes and dtypes must match exactly; low-precision values are
-    compared in float64 so that the comparison itself adds no rounding."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor), f"{msg or 'value'}: expected a tensor, got {type(actual)}"
-        assert actual.dtype == expected.dtype, f"{msg or 'value'}: dtype {actual.dtype} != {expected.dtype}"
-        assert actual.shape == expected.shape, f"{msg or 'value'}: shape {tuple(actual.shape)} != " \
-                                               f"{tuple(expected.shape)}"
-        dtype = dtype or expected.dtype
-        actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    else:
-        dtype = dtype or torch.float64
-    torch.testing.assert_close(actual, expected, **tol(dtype, reduction),
-                               msg=None if msg is None else (lambda m: f"{msg}: {m}"))
-
-
-def near_threshold(u: torch.Tensor, magnitude: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
-    """Where |u| is within rounding of 0: `magnitude` is the size of the terms u was summed from
-    (|beta v| + |I| + |theta|), `dtype` the input dtype (u lives in its state dtype)."""
-    eps = torch.finfo(state_dtype(dtype)).eps
-    return u.abs() <= THRESHOLD_ULPS * eps * magnitude
-
-
-def assert_spikes_match(actual: torch.Tensor, expected: torch.Tensor, at_threshold: torch.Tensor,
-                        time_dim: int | None = None, msg: str = "spikes") -> torch.Tensor:
-    """Spikes equal exactly, except where `at_threshold` (see near_threshold) allows a flip.
-
-    With `time_dim` (a sequence), a neuron whose spike flipped at the threshold may differ at any
-    later step too (its state legitimately differs from then on). Returns the mask of elements
-    (neurons, for a sequence) that flipped: callers leave them out of the state comparisons."""
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape, \
-        f"{msg}: {actual.dtype}{tuple(actual.shape)} != {expected.dtype}{tuple(expected.shape)}"
-    differ = (actual.cpu() != expected.cpu())
-    allowed = at_threshold.cpu()
-    if time_dim is not None:
-        flips = differ.int()
-        allowed = allowed | ((flips.cumsum(time_dim) - flips) > 0)
-    bad = differ & ~allowed
-    assert not bad.any(), f"{msg}: {int(bad.sum())} of {bad.numel()} differ away from the threshold"
-    return differ if time_dim is None else differ.any(time_dim)
 
 
 @contextlib.contextmanager

@@ -7,20 +7,37 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import types
 
 import pytest
 import torch
 
-from benchmarks.gpu import compare, driver, rows
+from benchmarks.gpu import compare, deps, driver, rows
 from benchmarks.gpu.stages import STAGE_NAMES, Stage, checks
 from benchmarks.gpu.stages.inputs import beta_theta, linear_inputs, rule
 from stllr_kernels import reference as R
+from stllr_kernels import tolerance
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------- the rules
+
+def test_the_test_session_turns_tf32_off():
+    """tests/conftest.py turns TF32 off for matmuls and cuDNN (and cuBLAS's reduced-precision
+    half reductions) when a pytest process starts, so every pytest process the GPU check starts
+    (conformance, cuda-tests) compares against exact float32 oracles. torch's own defaults leave
+    cuDNN's TF32 and the reduced-precision reductions on (shown in a fresh process)."""
+    fresh = subprocess.run([sys.executable, "-c", "import torch; m = torch.backends.cuda.matmul; "
+                            "print(torch.backends.cudnn.allow_tf32, m.allow_bf16_reduced_precision_reduction)"],
+                           capture_output=True, text=True, timeout=120)
+    assert fresh.stdout.split() == ["True", "True"], fresh.stdout + fresh.stderr
+    assert tolerance.oracle_state() == {"matmul.allow_tf32": False, "cudnn.allow_tf32": False,
+                                        "float32_matmul_precision": "highest",
+                                        "bf16_reduced_precision_reduction": False,
+                                        "fp16_reduced_precision_reduction": False}
+
 
 def test_spike_flip_rule():
     want = torch.tensor([0.0, 1.0, 0.0, 1.0])
@@ -102,8 +119,87 @@ def test_small_fp16_signal_fails_a_kernel_with_fp16_eligibility_operands():
     assert not checks.linear_backward(unsafe, args, torch.float16, relative=True).ok
 
 
+def test_checks_fail_wrong_recurrent_and_standardize_ops():
+    """The new ops' checks catch one flipped spike of a recurrent layer and a 0.1 % gradient error."""
+    from benchmarks.gpu.stages import inputs as I
+    args = I.recurrent_inputs("cpu", 4, 3, 7, 33)
+    cfg = rule()
+    assert checks.recurrent_sequence(R, args, cfg, 2, torch.float32).ok
+
+    def flipped(*a):
+        out = list(R.recurrent_sequence(*a))
+        out[0] = out[0].clone()
+        out[0][-1, 0, 0] = 1 - out[0][-1, 0, 0]
+        return tuple(out)
+
+    verdict = checks.recurrent_sequence(types.SimpleNamespace(recurrent_sequence=flipped), args, cfg, 2, torch.float32)
+    assert not verdict.ok and "1 spikes differ" in verdict.detail
+
+    def scaled(name, index):
+        def op(*a):
+            out = list(getattr(R, name)(*a))
+            out[index] = out[index] * 1.001
+            return tuple(out)
+        return types.SimpleNamespace(**{name: op})
+
+    back = I.recurrent_backward_inputs("cpu", 6, 7, 33)
+    assert checks.recurrent_backward(R, back, torch.float32).ok
+    assert not checks.recurrent_backward(scaled("recurrent_backward", 3), back, torch.float32).ok
+    rev = I.reverse_inputs("cpu", 3, 4, 7, 33)
+    assert checks.recurrent_backward_reverse(R, rev, torch.float32).ok
+    assert not checks.recurrent_backward_reverse(scaled("recurrent_backward_reverse", 1), rev, torch.float32).ok
+    std = I.standardize_inputs("cpu", (5, 40))
+    assert checks.standardize_backward(R, std).ok
+    assert not checks.standardize_backward(scaled("standardize_backward", 0), std).ok
+    readout = I.readout_inputs("cpu", 4, 3, 7, 33)
+    assert checks.readout_sequence(R, readout, 2).ok
+    assert not checks.readout_sequence(scaled("readout_sequence", 0), readout, 2).ok
+
+
+def test_every_op_has_correctness_rows_and_core_rows_come_first():
+    from benchmarks.gpu import sizes
+    from benchmarks.gpu.stages import correctness
+    ctx = types.SimpleNamespace(device=torch.device("cpu"), S=sizes.sizes(True))
+    todo = correctness.core_first(correctness.cases(ctx))
+    assert [c[0] for c in todo[:len(correctness.OPS)]] == list(correctness.OPS)
+    assert all(c[2] is torch.float32 for c in todo[:len(correctness.OPS)])
+    import stllr_kernels.backends.triton as T
+    assert set(correctness.OPS) == set(T.__all__) - {"unavailable_reason"}, "a row for every op of the backend"
+
+
+def test_only_config_runs_each_config_of_an_autotuner():
+    """triton_configs.only_config makes an autotuned kernel launch exactly config i (its last for
+    an i past its list), says which kernels ran, and restores the list."""
+    import triton
+    import triton.language as tl
+
+    from benchmarks.gpu import triton_configs as TC
+
+    @triton.autotune(configs=[triton.Config({"BLOCK": b}) for b in (16, 32, 64)], key=["n"])
+    @triton.jit
+    def write_block(out_ptr, n, BLOCK: tl.constexpr):
+        tl.store(out_ptr, BLOCK)
+
+    @triton.autotune(configs=[triton.Config({"BLOCK": 8})], key=["n"])
+    @triton.jit
+    def idle(out_ptr, n, BLOCK: tl.constexpr):
+        tl.store(out_ptr, BLOCK)
+
+    tuners = {"write_block": write_block, "idle": idle}
+    assert TC.rounds(tuners) == 3
+    out = torch.zeros(1, dtype=torch.int32)
+    for i, block in enumerate((16, 32, 64, 64)):
+        with TC.only_config(tuners, i) as this:
+            write_block[(1,)](out, 1)
+        assert int(out) == block and this.launched == {"write_block"}
+        assert TC.describe(this.chosen["write_block"]).startswith(f"BLOCK={block} ")
+    assert [c.kwargs["BLOCK"] for c in write_block.configs] == [16, 32, 64], "the list is restored"
+    found = TC.autotuners()
+    assert {"lif._lif_step_kernel", "eligibility._eligibility_dw_kernel", "trace._trace_sequence_kernel"} <= set(found)
+
+
 def test_conformance_outcomes_are_read_from_plain_and_xdist_output():
-    from benchmarks.gpu.stages.conformance import parse_outcomes
+    from benchmarks.gpu.stages.suite import parse_outcomes
     plain = textwrap.dedent("""\
         tests/test_conformance.py::test_lif_step[triton-fp32] PASSED                 [ 33%]
         tests/test_conformance.py::test_lif_step[cuda-fp16] FAILED                   [ 66%]
@@ -133,7 +229,8 @@ ROW_SCRIPT = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {root!r})
     from benchmarks.gpu.rows import RowSink, make_row
-    RowSink({path!r}).add(make_row({name!r}, "probe", verdict="ok", note=str(time.time())))
+    path = {path!r}
+    RowSink(path).add(make_row({name!r}, "probe", verdict="ok", note=str(time.time())))
     {then}
 """)
 
@@ -145,6 +242,11 @@ def fake_stage_cmd(behaviour):
         script = ROW_SCRIPT.format(root=ROOT, path=rows_path, name=stage.name, then=then)
         return [sys.executable, "-c", script]
     return cmd
+
+
+def all_found() -> dict:
+    """A dependency survey where everything is installed (the driver tests need no real survey)."""
+    return {d.name: deps.Found(d, "1.0" if d.kind == "module" else f"/bin/{d.name}") for d in deps.DEPS}
 
 
 def test_driver_keeps_rows_of_a_stage_that_times_out_or_crashes(tmp_path):
@@ -173,18 +275,122 @@ def test_driver_keeps_rows_of_a_stage_that_times_out_or_crashes(tmp_path):
     assert "| hangs | TIMEOUT" in md and "| crashes | CRASH (exit code 3)" in md
 
 
-def test_driver_stops_when_the_build_fails_and_keeps_its_log(tmp_path):
+def test_driver_goes_on_without_the_extension_when_the_build_fails(tmp_path):
+    """A failed build skips only what needs the extension: the stage that needs no build runs to
+    its end, a stage after the build runs with STLLR_NO_EXTENSION=1 (no older build checked in its
+    place), the extension-only stage is skipped, and the exit code says the build failed."""
     build = ([sys.executable, "-c", "import time; print('nvcc: error: no such file', flush=True); "
               "time.sleep(1); raise SystemExit(1)"], {})
     stages = [Stage("needs-no-build", "x", 30, 30, needs_build=False),
-              Stage("checks", "x", 30, 30, needs_build=True)]
+              Stage("ext-only", "x", 30, 30, ext_only=True),
+              Stage("checks", "x", 30, 30, needs_build=True),
+              Stage("timed", "x", 30, 30, exclusive=True)]
+    behaviour = {"needs-no-build": "time.sleep(2)",
+                 "checks": "import os; RowSink(path).add(make_row('checks', 'env', "
+                           "note=os.environ.get('STLLR_NO_EXTENSION', 'unset')))"}
     run = driver.Run(str(tmp_path), tiny=False, total_s=60, stages=stages, build=build,
-                     stage_cmd=fake_stage_cmd({"needs-no-build": "time.sleep(30)"}), log=lambda *_: None)
-    assert run.run() == 3
+                     stage_cmd=fake_stage_cmd(behaviour), log=lambda *_: None, found=all_found())
+    assert run.run() == driver.EXIT_BUILD_FAILED == 3
     assert "nvcc: error" in (tmp_path / "build.log").read_text()
+    table = rows.read_rows_csv(str(tmp_path / "gpu_check.csv"))
+    by = {(r["stage"], r["check"]): r for r in table}
+    assert by[("build", "build the CUDA extension")]["verdict"] == "ERROR"
+    assert by[("needs-no-build", "probe")]["verdict"] == "ok"
+    assert by[("checks", "env")]["note"] == "1", "stages after a failed build run without the extension"
+    assert by[("timed", "probe")]["verdict"] == "ok", "the timings go on"
+    assert by[("ext-only", "stage")]["verdict"] == "skipped"
     md = (tmp_path / "gpu_check.md").read_text()
-    assert "build the CUDA extension" in md and "| checks | not run" in md
-    assert "| needs-no-build | stopped: the build failed" in md
+    assert "| needs-no-build | ok |" in md and "| checks | ok |" in md
+    assert "| ext-only | skipped: the extension did not build" in md
+
+
+def test_driver_without_nvcc_does_not_start_the_build(tmp_path):
+    found = all_found()
+    found["nvcc"] = deps.Found(found["nvcc"].dep, None)
+    build = ([sys.executable, "-c", "raise SystemExit('the build must not start')"], {})
+    stages = [Stage("checks", "x", 30, 30)]
+    run = driver.Run(str(tmp_path), tiny=False, total_s=60, stages=stages, build=build,
+                     stage_cmd=fake_stage_cmd({}), log=lambda *_: None, found=found)
+    assert run.run() == 3
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| build | not started: nvcc missing" in md and "| checks | ok |" in md
+    assert not (tmp_path / "build.log").exists()
+
+
+def test_driver_lists_dependencies_and_skips_stages_that_need_a_missing_one(tmp_path):
+    found = all_found()
+    found["pytest"] = deps.Found(found["pytest"].dep, None)
+    stages = [Stage("needs-pytest", "x", 30, 30, needs_build=False, requires=("pytest",)),
+              Stage("plain", "x", 30, 30, needs_build=False)]
+    lines = []
+    run = driver.Run(str(tmp_path), tiny=True, total_s=60, stages=stages, build=None,
+                     stage_cmd=fake_stage_cmd({}), log=lines.append, found=found)
+    assert run.run() == 0, "a missing dependency skips, it does not fail"
+    table = rows.read_rows_csv(str(tmp_path / "gpu_check.csv"))
+    listed = {r["case"]: r for r in table if r["check"] == "dependency"}
+    assert set(listed) == set(deps.DEP_NAMES)
+    assert listed["pytest"]["verdict"] == "skipped" and "conformance" in listed["pytest"]["note"]
+    assert listed["torch"]["verdict"] == "ok"
+    assert any("missing: pytest" in line for line in lines), "the log says what is missing, first"
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| needs-pytest | skipped: needs pytest (missing)" in md and "| plain | ok |" in md
+
+
+def test_warm_ups_never_hold_up_a_timing_stage(tmp_path):
+    stages = [Stage("warm", "x", 60, 60, needs_build=False, may_time_out=True),
+              Stage("timed", "x", 30, 30, needs_build=False, exclusive=True)]
+    behaviour = {"warm": "time.sleep(50)"}
+    t0 = time.time()
+    run = driver.Run(str(tmp_path), tiny=True, total_s=60, stages=stages, build=None,
+                     stage_cmd=fake_stage_cmd(behaviour), log=lambda *_: None, found=all_found())
+    assert run.run() == 0
+    assert time.time() - t0 < 30, "the warm-up was stopped for the timing stage"
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| warm | stopped after" in md and "to free the GPU for timed" in md and "| timed | ok |" in md
+
+
+def test_no_stage_dies_at_import_without_an_optional_module():
+    """With numpy, tqdm, pytest, SpikingJelly, tonic and h5py blocked, the driver, the tolerance
+    policy (the package's: no pytest needed for a verdict) and every stage that does not name one of
+    them in `requires` import (those that do are skipped by the driver with a row, see above), and
+    the survey reports them missing."""
+    blocked = ("numpy", "tqdm", "pytest", "xdist", "spikingjelly", "tonic", "h5py")
+    code = textwrap.dedent(f"""
+        import importlib, sys, warnings
+        warnings.simplefilter("ignore")
+        for m in {blocked!r}:
+            sys.modules[m] = None
+        import benchmarks.gpu_check
+        from benchmarks.gpu import compare, deps, driver
+        from benchmarks.gpu.stages import STAGES
+        from stllr_kernels import tolerance
+        assert compare.tol is tolerance.tol
+        for s in STAGES:
+            if not set(s.requires) & {{"numpy", "tqdm", "pytest"}}:
+                importlib.import_module("benchmarks.gpu.stages." + s.module)
+        found = deps.survey()
+        print(sorted(n for n, f in found.items() if not f.ok))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT, "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    missing = eval(out.stdout.strip().splitlines()[-1])
+    assert {"numpy", "tqdm", "pytest", "pytest-xdist", "spikingjelly", "tonic", "h5py"} <= set(missing)
+
+
+def test_the_docs_name_every_stage_and_dependency():
+    text = open(os.path.join(ROOT, "docs", "gpu-check.md")).read()
+    missing = [n for n in (*STAGE_NAMES, *deps.DEP_NAMES) if n.lower() not in text.lower()]
+    assert not missing, f"docs/gpu-check.md does not mention {missing}"
+    from benchmarks.gpu.timing import DEVICE, PROFILER_SPAN, WHOLE_PASS
+    assert all(f"`{label}`" in text for label in (DEVICE, WHOLE_PASS, PROFILER_SPAN))
+
+
+def test_dependency_survey_finds_what_this_machine_has():
+    found = deps.survey()
+    assert found["torch"].ok and found["pytest"].ok and found["numpy"].ok
+    assert not deps.survey([deps.Dep("nope", "module", "no_such_module_xyz", "x")])["nope"].ok
+    assert not deps.survey([deps.Dep("nope", "tool", "no-such-tool-xyz", "x")])["nope"].ok
 
 
 def test_driver_skips_stages_the_total_budget_cannot_fit(tmp_path):
@@ -215,26 +421,43 @@ def test_every_stage_runs_in_the_interpreter(tmp_path):
         got = rows.read_rows(path)
         assert got, f"stage {s.name} wrote no row"
         table += got
-    for op in ("lif_step", "lif_sequence", "pre_trace", "trace_sequence", "linear_backward", "conv_backward"):
-        assert any(r["check"] == op and r["provider"] == "triton" and r["verdict"] == "ok"
-                   and r["stage"] == "correct-triton" for r in table), op
+    from benchmarks.gpu.stages.correctness import OPS
+    for op in OPS:  # a row for every op of both backends (the extension's CPU build here)
+        for stage, provider in (("correct-triton", "triton"), ("correct-ext", "cpu")):
+            assert any(r["check"] == op and r["provider"] == provider and r["verdict"] == "ok"
+                       and r["stage"] == stage for r in table), (op, provider)
     bad = [r for r in table if rows.is_bad(r)]
     assert not bad, bad
 
 
 @pytest.mark.slow
-def test_command_writes_the_report_and_prints_the_short_table_last(tmp_path):
-    """`python -m benchmarks.gpu_check --cpu-interpret` end to end, on the two quickest stages."""
+def test_command_after_a_failed_build_skips_only_the_extension_rows(tmp_path):
+    """`python -m benchmarks.gpu_check --cpu-interpret --simulate-build-failure`, the failure path
+    without a GPU: the dependencies are listed first, the extension-only stage is skipped, the other
+    stage runs its Triton rows and skips the extension's, exit code 3, and the short table of
+    stages is printed last."""
     if torch.cuda.is_available():
         pytest.skip("on a GPU machine run the real check instead")
     env = {**os.environ, "PYTHONPATH": ROOT}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--cpu-interpret", "--out",
-                          str(tmp_path), "--stages", "warm-gemm,sanitizer"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--cpu-interpret", "--simulate-build-failure",
+                          "--out", str(tmp_path), "--stages", "correct-ext,large,sanitizer"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 3, out.stdout[-3000:] + out.stderr[-3000:]
     table = rows.read_rows_csv(str(tmp_path / "gpu_check.csv"))
-    assert {r["stage"] for r in table} == {"warm-gemm", "sanitizer"}
+    assert {r["stage"] for r in table} == {"setup", "build", "correct-ext", "large", "sanitizer"}
+    assert {r["case"] for r in table if r["check"] == "dependency"} == set(deps.DEP_NAMES)
+    large = [r for r in table if r["stage"] == "large"]
+    assert {r["check"] for r in large if r["provider"] == "triton" and r["verdict"] == "ok"} == \
+        {"lif_step", "pre_trace", "linear_backward"}
+    ext = [r for r in large if r["provider"] == "cpu"]
+    assert [(r["check"], r["verdict"]) for r in ext] == [("backend available", "skipped")], ext
+    assert "STLLR_NO_EXTENSION" in ext[0]["detail"]
+    bad = [r for r in table if rows.is_bad(r)]
+    assert [(r["stage"], r["verdict"]) for r in bad] == [("build", "ERROR")], bad
     md = (tmp_path / "gpu_check.md").read_text()
-    assert "| warm-gemm | ok |" in md and "| sanitizer | ok |" in md
-    assert "| stage | status | seconds | rows |" in out.stdout.strip().split("\n\n")[-2], \
-        "the short table of stages is printed last, before the rows' table"
+    assert "| build | FAILED (exit code 1)" in md and "| correct-ext | skipped: the extension did not build" in md
+    assert "| sanitizer | ok |" in md
+    assert "simulated build failure" in (tmp_path / "build.log").read_text()
+    text = out.stdout
+    assert text.rindex("[gpu_check]", 0, text.index("| stage | status | seconds | rows |")) == \
+        text.rindex("[gpu_check]", 0, text.index("1 bad rows:")), "the short table comes after every stage's line"

@@ -1,13 +1,14 @@
 """How every correctness row of the GPU check decides ok / FAIL.
 
-Values: the test suite's one tolerance policy (`tests/conftest.py`, `tol(dtype, reduction)`):
-|got - want| <= atol * sqrt(reduction) + rtol * |want| element by element, atol/rtol by the dtype
-the op computes in, `reduction` the length of the sums behind the value (1 for element-wise ops).
+Values: the package's one tolerance policy, the test suite's too (`stllr_kernels/tolerance.py`,
+`tol(dtype, reduction)`; no pytest needed): |got - want| <= atol * sqrt(reduction) + rtol * |want|
+element by element, atol/rtol by the dtype the op computes in, `reduction` the length of the sums
+behind the value (1 for element-wise ops).
 
 Spikes compare exactly, except a flip the arithmetic can explain. A flip at an element whose
-reference membrane u = beta*v + I - theta lies within `U_ULPS` float32 ulps of the operands'
-magnitude (|beta*v| + |I| + theta) of the threshold is a rounding tie: two correct implementations
-may round it to different sides. Any other flip is a FAIL, and so are more than
+reference membrane u = beta*v + I - theta lies within `U_ULPS` (the policy's THRESHOLD_ULPS)
+float32 ulps of the operands' magnitude (|beta*v| + |I| + theta) of the threshold is a rounding tie
+(the policy's `near_threshold`): two correct implementations may round it to different sides. Any other flip is a FAIL, and so are more than
 `MAX_FLIP_FRACTION` of the neurons flipping even within the bound (rounding ties are rare; many of
 them mean a systematic shift). After a flip the neuron's later steps follow a different
 trajectory, so its values (v, traces, psi) from that step on are left out of the value comparison.
@@ -19,16 +20,11 @@ from typing import Optional
 
 import torch
 
-U_ULPS = 8                  # the rounding bound on u, in float32 ulps of the operands' magnitude
+from stllr_kernels.tolerance import THRESHOLD_ULPS, near_threshold, tol  # noqa: F401 (tol: the policy)
+
+U_ULPS = THRESHOLD_ULPS     # the rounding bound on u, in float32 ulps of the operands' magnitude
 MAX_FLIP_FRACTION = 1e-3    # explained flips allowed, as a fraction of the neurons (at least 1)
-FLOAT32_ULP = 2.0 ** -23
 CHUNK = 2 ** 27             # elements compared at a time
-
-
-def tol(dtype: torch.dtype, reduction: int = 1) -> dict:
-    """The suite's tolerance for `dtype` over a reduction of `reduction` terms."""
-    from tests.conftest import tol as suite_tol  # the one policy; imported late (it imports pytest)
-    return suite_tol(dtype, reduction)
 
 
 @dataclass
@@ -78,9 +74,10 @@ def values_verdict(pairs, dtype: torch.dtype, reduction: int = 1) -> Verdict:
     return Verdict(ok, f"worst {worst_name} err/allowed {worst:.2g}")
 
 
-def u_bound(beta_v: torch.Tensor, current: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """How close to the threshold u must be for a spike flip to count as a rounding tie."""
-    return U_ULPS * FLOAT32_ULP * (beta_v.abs() + current.float().abs() + theta.abs())
+def at_threshold(beta_v: torch.Tensor, current: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Where the reference's u = beta*v + I - theta is a rounding tie (a spike flip is explained)."""
+    u = beta_v + current.float() - theta
+    return near_threshold(u, beta_v.abs() + current.float().abs() + theta.abs(), torch.float32)
 
 
 @dataclass

@@ -10,19 +10,21 @@ import json
 import os
 from typing import Iterable, Optional
 
-COLUMNS = ("stage", "check", "case", "provider", "verdict", "detail", "us", "ref_us", "achieved",
+COLUMNS = ("stage", "check", "case", "provider", "verdict", "detail", "us", "ref_us", "timing", "achieved",
            "limit", "pct", "note")
 BAD_VERDICTS = ("FAIL", "ERROR", "TIMEOUT", "CRASH")
 
 
 def make_row(stage: str, check: str, case: str = "", provider: str = "", verdict: str = "info",
              detail: str = "", us: Optional[float] = None, ref_us: Optional[float] = None,
-             achieved: str = "", limit: str = "", pct: Optional[float] = None, note: str = "",
-             headline: bool = False) -> dict:
+             timing: str = "", achieved: str = "", limit: str = "", pct: Optional[float] = None,
+             note: str = "", headline: bool = False) -> dict:
     """A row; `verdict` is ok / FAIL / ERROR / TIMEOUT / CRASH / skipped / info (a timing only).
+    `timing` says what `us` / `ref_us` measure (timing.DEVICE, WHOLE_PASS or PROFILER_SPAN).
     `headline` rows are repeated in the short table printed at the end."""
     return {"stage": stage, "check": check, "case": case, "provider": provider, "verdict": verdict,
-            "detail": _clean(detail), "us": _num(us), "ref_us": _num(ref_us), "achieved": achieved,
+            "detail": _clean(detail), "us": _num(us), "ref_us": _num(ref_us), "timing": timing,
+            "achieved": achieved,
             "limit": limit, "pct": "" if pct is None else f"{pct:.0f}%", "note": _clean(note),
             "headline": headline}
 
@@ -109,6 +111,6 @@ def short_table(stages: list[dict], rows: list[dict]) -> str:
                   markdown_table(bad[:25], ("stage", "check", "case", "provider", "verdict", "detail"))]
     heads = [r for r in rows if r.get("headline")]
     if heads:
-        parts += ["", markdown_table(heads, ("check", "case", "provider", "us", "achieved", "limit",
-                                             "pct", "note"))]
+        parts += ["", markdown_table(heads, ("check", "case", "provider", "us", "timing", "achieved",
+                                             "limit", "pct", "note"))]
     return "\n".join(parts)

@@ -13,6 +13,8 @@ import os
 import sys
 import traceback
 
+NO_EXTENSION_ENV = "STLLR_NO_EXTENSION"  # set by the driver for every stage after a failed build
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -22,16 +24,10 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="CPU, Triton interpreter, tiny shapes")
     p.add_argument("--provider", default=None, help="correctness stages: triton or ext")
     p.add_argument("--target", default=None, help="warm-up stages: the timing stage to warm up")
+    p.add_argument("--case", default=None, help="end-to-end stages: shd or vgg")
     p.add_argument("--require-ext", action="store_true",
                    help="the driver built the extension: its backend missing is an ERROR, not a skip")
     return p.parse_args(argv)
-
-
-def disable_tf32(torch) -> None:
-    """Every float32 oracle in exact float32: cuDNN would use TF32 by default on this GPU."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
 
 
 def is_sticky_cuda_error(exc: BaseException) -> bool:
@@ -90,6 +86,9 @@ class Context:
                 found[name] = importlib.import_module(f"stllr_kernels.backends.{BACKEND_MODULES[name]}")
             else:
                 required = self.args.require_ext and name == self.ext_name()
+                if name == self.ext_name() and os.environ.get(NO_EXTENSION_ENV, "0") not in ("", "0"):
+                    reason = (f"the run goes on without the extension ({NO_EXTENSION_ENV}=1: its build failed "
+                              f"or could not start; see build.log)")
                 self.add("backend available", name, name, "ERROR" if required else "skipped",
                          detail=reason)
         return found
@@ -100,7 +99,9 @@ def main(argv=None) -> int:
     if args.tiny:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton or stllr_kernels is imported
     import torch
-    disable_tf32(torch)
+
+    from stllr_kernels.tolerance import exact_oracles
+    exact_oracles()  # every float32 oracle in exact float32: cuDNN would use TF32 by default on a GPU
     from .rows import RowSink, make_row
     if not args.tiny and not torch.cuda.is_available():
         RowSink(args.rows).add(make_row(args.name, "stage", verdict="ERROR",

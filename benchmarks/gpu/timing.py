@@ -1,11 +1,24 @@
 """Device timing: `triton.testing.do_bench` (CUDA events, median) on a GPU; on the CPU (the
-interpreter run, whose timings mean nothing) a median of perf_counter around the call."""
+interpreter run, whose timings mean nothing) a median of perf_counter around the call.
+
+Two kinds of figure, and every timed row says which (its `timing` column):
+- DEVICE (`Clock.us`): do_bench clears the L2 cache with a large memset before each call, and the
+  CPU runs ahead while the GPU works through it, so the events bracket the kernels' GPU time only:
+  no Python, no launch overhead. Right for kernels against bandwidth or torch.mm; flattering for
+  small, launch-bound sizes, where the host is the bottleneck.
+- WHOLE_PASS (`Clock.events_s`): CUDA events around a whole training batch or layer pass, recorded
+  from the host in order, so host overhead (Python, launches, syncs) is inside the figure.
+"""
 from __future__ import annotations
 
 import statistics
 import time
 
 import torch
+
+DEVICE = "device"              # GPU time of the kernels only (do_bench after an L2 flush)
+WHOLE_PASS = "whole pass"      # CUDA events around a whole pass: host overhead included
+PROFILER_SPAN = "profiler span"  # first kernel's start to last kernel's end, from torch.profiler
 
 
 class Clock:

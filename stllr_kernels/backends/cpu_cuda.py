@@ -4,6 +4,8 @@
 which registers the ops with the dispatcher (CPU kernels always, CUDA kernels when it was built with
 nvcc). The import is guarded: without the compiled module (no compiler, a failed build, the build
 switched off) this module still imports and `unavailable_reason` says why and how to rebuild.
+STLLR_NO_EXTENSION=1 at run time leaves a built module unloaded too (the GPU check sets it after a
+failed build, so that an older build in the tree is not checked in its place).
 
 The wrappers below have the signatures of `stllr_kernels.reference`; they turn the RuleConfig into
 the integer codes of the op schemas (psi.py's tables: PSI_CODES, and the positions in RESET_MODES and
@@ -12,6 +14,7 @@ output shapes to torch.compile.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +31,10 @@ REBUILD_COMMAND = "pip install --no-build-isolation -e ."
 CPU_REFERENCE_FALLBACK = frozenset({"conv_backward"})
 BUILD_ERROR_FILE = Path(__file__).resolve().parents[2] / "csrc" / "build-error.txt"
 
+_SWITCHED_OFF = os.environ.get("STLLR_NO_EXTENSION", "0") not in ("", "0")
 try:
+    if _SWITCHED_OFF:
+        raise ImportError("STLLR_NO_EXTENSION is set")
     from .. import _C  # noqa: F401  (loading the library registers torch.ops.stllr)
     _LOAD_ERROR: Optional[str] = None
 except Exception as exc:  # no compiled module, or one that cannot load: never break the import
@@ -39,6 +45,8 @@ Tensor = torch.Tensor
 
 
 def _missing_extension_reason() -> str:
+    if _SWITCHED_OFF:
+        return "the C++ extension is switched off: STLLR_NO_EXTENSION is set (unset it to use stllr_kernels._C)"
     if (_LOAD_ERROR or "").startswith(("ImportError: cannot import name '_C'", "ModuleNotFoundError")):
         why = "the C++ extension stllr_kernels._C is not built"
     else:

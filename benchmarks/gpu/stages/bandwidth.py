@@ -12,7 +12,7 @@ import torch
 
 from stllr_kernels import reference as R
 
-from ..timing import copy_gbps
+from ..timing import DEVICE, copy_gbps
 from .inputs import beta_theta, rule, spikes
 
 
@@ -74,7 +74,7 @@ def run(ctx) -> None:
     copy = copy_gbps(ctx.clock, ctx.S["copy_mib"])
     ctx.clock.start()
     ctx.add("device copy", f"{ctx.S['copy_mib']} MiB fp32", "torch copy_", achieved=f"{copy:.4g} GB/s",
-            note="read + write bytes", headline=True)
+            timing=DEVICE, note="read + write bytes", headline=True)
     for check, label, nbytes, big, fn in todo:
         if ctx.skip_if_over_budget(check, label):
             continue
@@ -85,7 +85,7 @@ def run(ctx) -> None:
             with ctx.guard(check, label, name):
                 us = ctx.clock.us(lambda: fn(ops))
                 gbps = nbytes / us / 1e3
-                ctx.add(check, label, name, us=us, ref_us=ref_us, achieved=f"{gbps:.4g} GB/s",
+                ctx.add(check, label, name, us=us, ref_us=ref_us, timing=DEVICE, achieved=f"{gbps:.4g} GB/s",
                         limit=f"copy {copy:.4g} GB/s", pct=100 * gbps / copy,
                         note="goal >= 80% of copy" if big else "launch-bound size: microseconds matter",
                         headline=big)

@@ -5,7 +5,7 @@ import torch
 
 from stllr_kernels import reference as R
 
-from ..compare import Verdict, spike_flips, u_bound, values_verdict
+from ..compare import Verdict, at_threshold, spike_flips, values_verdict
 
 F32 = torch.float32
 
@@ -29,9 +29,7 @@ def lif_step(ops, cur, v, tr, beta, theta, cfg) -> Verdict:
 def lif_step_parts(got, cur, v, tr, beta, theta, cfg):
     """(Flips, value Verdict, dtype Verdict) of lif_step outputs `got` against the reference."""
     want = R.lif_step(cur, v, tr, beta, theta, cfg)
-    beta_v = beta * v
-    u = beta_v + cur.to(F32) - theta
-    flips = spike_flips(got[0], want[0], u.abs() <= u_bound(beta_v, cur, theta), over_time=False)
+    flips = spike_flips(got[0], want[0], at_threshold(beta * v, cur, theta), over_time=False)
     values = values_verdict([(n, g, w, flips.keep) for n, g, w in
                              zip(("v", "trpost", "psi"), got[1:], want[1:])], F32)
     return flips, values, _dtypes(got, want)
@@ -42,8 +40,7 @@ def lif_sequence(ops, cur, v, tr, beta, theta, cfg, save_from) -> Verdict:
     want = R.lif_sequence(cur, v, tr, beta, theta, cfg, save_from)
     near, state = [], (v, tr)
     for t in range(cur.shape[0]):  # the reference's u at every step, for the flip rule
-        beta_v = beta * state[0]
-        near.append((beta_v + cur[t].to(F32) - theta).abs() <= u_bound(beta_v, cur[t], theta))
+        near.append(at_threshold(beta * state[0], cur[t], theta))
         state = R.lif_step(cur[t], state[0], state[1], beta, theta, cfg)[1:3]
     flips = spike_flips(got[0], want[0], torch.stack(near), over_time=True)
     never = flips.keep[-1]
@@ -88,6 +85,63 @@ def conv_backward(ops, args, dtype, relative=False) -> Verdict:
     return _join(values_verdict([("dx", got[0], want[0])], dtype, W.shape[0] * 9),
                  values_verdict([("dW", got[1], want[1]), ("db", got[2], want[2])], dtype, per_weight),
                  types)
+
+
+RECURRENT_OUTPUTS = ("s", "v", "trpost", "trpre", "trrec", "psi", "trpost_prev", "trpre_saved",
+                     "s_prev_saved", "trrec_prev")
+
+
+def recurrent_sequence(ops, args, cfg, save_from, dtype) -> Verdict:
+    """args = (x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta) with
+    exact currents (inputs on a dyadic grid, see inputs.recurrent_inputs): spikes must equal the
+    reference's exactly; the other outputs follow the policy over the K + N terms of a current."""
+    got = ops.recurrent_sequence(*args, cfg, save_from)
+    want = R.recurrent_sequence(*args, cfg, save_from)
+    K, N = args[1].shape[1], args[1].shape[0]
+    same = got[0].shape == want[0].shape and bool(torch.equal(got[0], want[0]))
+    flipped = int((got[0] != want[0]).sum()) if got[0].shape == want[0].shape else -1
+    spikes = Verdict(same, "spikes exact" if same else f"{flipped} spikes differ (exact currents: none allowed)")
+    values = values_verdict(list(zip(RECURRENT_OUTPUTS[1:], got[1:], want[1:])), dtype, K + N)
+    return _join(spikes, values, _dtypes(got, want))
+
+
+def readout_sequence(ops, args, save_from) -> Verdict:
+    """args = (x, weight, bias, v, trpre, beta, lambda_pre): v sums T steps of K-term currents."""
+    got = ops.readout_sequence(*args, save_from)
+    want = R.readout_sequence(*args, save_from)
+    T, K = args[0].shape[0], args[1].shape[1]
+    values = values_verdict(list(zip(("v", "trpre", "trpre_saved"), got, want)), F32, K * T)
+    return _join(values, _dtypes(got, want))
+
+
+def recurrent_backward(ops, args, dtype) -> Verdict:
+    """args as reference.recurrent_backward's; dx sums N terms, dW / db / dW_rec 2 x rows."""
+    got, want = ops.recurrent_backward(*args), R.recurrent_backward(*args)
+    rows = args[0].numel() // args[0].shape[-1]
+    N = args[8].shape[0]
+    return _join(values_verdict([("dx", got[0], want[0])], dtype, N),
+                 values_verdict([("dW", got[1], want[1]), ("db", got[2], want[2]),
+                                 ("dW_rec", got[3], want[3])], dtype, 2 * rows),
+                 _dtypes(got, want))
+
+
+def recurrent_backward_reverse(ops, args, dtype) -> Verdict:
+    """args as reference.recurrent_backward_reverse's ([D, B, ...] loss steps); dx sums N terms,
+    dW / db / dW_rec 2 x D x B rows."""
+    got, want = ops.recurrent_backward_reverse(*args), R.recurrent_backward_reverse(*args)
+    D, B, N = args[0].shape
+    return _join(values_verdict([("dx", got[0], want[0])], dtype, N),
+                 values_verdict([("dW", got[1], want[1]), ("db", got[2], want[2]),
+                                 ("dW_rec", got[3], want[3])], dtype, 2 * D * B),
+                 _dtypes(got, want))
+
+
+def standardize_backward(ops, args) -> Verdict:
+    """args = (grad_w_hat, normalized, scale, gain): sums over a row's fan-in."""
+    got, want = ops.standardize_backward(*args), R.standardize_backward(*args)
+    fan_in = args[0][0].numel()
+    return _join(values_verdict([("dW", got[0], want[0]), ("dgain", got[1], want[1])], F32, fan_in),
+                 _dtypes(got, want))
 
 
 def _relative(got, want):

@@ -1,12 +1,18 @@
 """Correctness of every op of one backend (`--provider triton` or `ext`: the CUDA extension, or its
 CPU build in the interpreter run) against the reference on the device.
 
+Order: the core rows first, one float32 case of each of the eleven ops (`core`), so that a stage cut
+short still says whether every op is right; then the rest of the grid.
+
 The grid: lif_step and lif_sequence over every Psi x reset x post in float32, two modes in bfloat16
 and float16 currents, non-contiguous inputs and batch 1; pre_trace / trace_sequence in each dtype and
 non-contiguous; linear_backward for post = psi / spike / the readout, the time-fused [D, B] rows,
 non-contiguous and stride-0 (expanded) signals, bf16 and fp16, and fp16 with a learning signal of
 3e-7 (where fp16 eligibility operands would underflow); conv_backward with post = spike, stride 2,
-groups, channels-last, batch 1, bf16, fp16 and fp16 with the small signal. Small-signal cases
+groups, channels-last, batch 1, bf16, fp16 and fp16 with the small signal; recurrent_sequence (exact
+currents: spikes must match exactly) over three Psi x reset x post modes, save_from 0 / T, bf16;
+readout_sequence; recurrent_backward (and its time-fused rows, bf16); recurrent_backward_reverse
+(post = psi / spike, bf16); standardize_backward on linear and conv weights. Small-signal cases
 compare each output divided by its largest reference value. A backend may refuse fp16 with an error
 that says so (the row says "refused").
 """
@@ -19,13 +25,28 @@ import torch
 from stllr_kernels.psi import POST_MODES, PSI_CODES, RESET_MODES
 
 from . import checks
-from .inputs import F32, beta_theta, conv_inputs, linear_inputs, rule, spikes, strided_like
+from .inputs import (F32, beta_theta, conv_inputs, linear_inputs, readout_inputs, recurrent_backward_inputs,
+                     recurrent_inputs, reverse_inputs, rule, spikes, standardize_inputs, strided_like)
 
 HALF = (torch.bfloat16, torch.float16)
 NAMES = {F32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 # a learning signal this small makes fp16 products L * psi * causal subnormal (fp16's smallest normal
 # is 6.1e-5): operands kept in fp16 lose most of their bits, operands kept in fp32 lose none
 SMALL_SIGNAL = 3e-7
+OPS = ("lif_step", "lif_sequence", "pre_trace", "trace_sequence", "linear_backward", "conv_backward",
+       "recurrent_sequence", "readout_sequence", "recurrent_backward", "recurrent_backward_reverse",
+       "standardize_backward")
+
+
+def core_first(todo):
+    """The first float32 case of every op, in OPS order, then the others in their order."""
+    core = [next(c for c in todo if c[0] == op and c[2] is F32) for op in OPS if any(c[0] == op for c in todo)]
+    return core + [c for c in todo if not any(c is k for k in core)]
+
+
+def core(todo):
+    """The first float32 case of every op (what the config stage runs for each autotune config)."""
+    return core_first(todo)[:len({c[0] for c in todo})]
 
 
 def run(ctx) -> None:
@@ -35,9 +56,9 @@ def run(ctx) -> None:
     if ops is None:
         return
     ctx.clock.start()
-    todo = cases(ctx)
+    todo = core_first(cases(ctx))
     if ctx.tiny:  # the interpreter run checks the stage's logic: the first case of each op suffices
-        todo = list({check: (check, case, dtype, fn) for check, case, dtype, fn in reversed(todo)}.values())[::-1]
+        todo = core(todo)
     for check, case, dtype, fn in todo:
         if ctx.skip_if_over_budget(check, case):
             continue
@@ -156,6 +177,54 @@ def cases(ctx):
         out.append(("conv_backward", f"{cbase} {NAMES[dtype]}", dtype, conv(dtype=dtype)))
     out.append(("conv_backward", f"{cbase} fp16, signal 3e-7 (relative)", torch.float16,
                 conv(dtype=torch.float16, scale=SMALL_SIGNAL)))
+    out += recurrent_cases(ctx)
+    return out
+
+
+def recurrent_cases(ctx):
+    """The recurrent and readout layers' ops and the standardization backward."""
+    dev, S = ctx.device, ctx.S
+    T, B, K, N = S["rec"]
+    out = []
+
+    def rec_seq(cfg, save_from, dtype=F32):
+        return lambda ops: checks.recurrent_sequence(ops, recurrent_inputs(dev, T, B, K, N, dtype), cfg,
+                                                     save_from, dtype)
+
+    modes = (("fast_sigmoid", "soft", "psi"), ("triangle", "hard", "spike"), ("sigmoid", "soft", "psi"))
+    for i, (psi, reset, post) in enumerate(modes):
+        save_from = T // 2 if i == 0 else (0 if i == 1 else T)
+        out.append(("recurrent_sequence", f"T={T} {B}x{K}->{N} {psi} {reset} post={post} save_from={save_from} fp32",
+                    F32, rec_seq(rule(psi, reset, post), save_from)))
+    out.append(("recurrent_sequence", f"T={T} {B}x{K}->{N} save_from={T // 2} bf16", torch.bfloat16,
+                rec_seq(rule(), T // 2, torch.bfloat16)))
+
+    def readout(save_from):
+        return lambda ops: checks.readout_sequence(ops, readout_inputs(dev, T, B, K, N), save_from)
+
+    out.append(("readout_sequence", f"T={T} {B}x{K}->{N} save_from={T // 2} fp32", F32, readout(T // 2)))
+    out.append(("readout_sequence", f"T={T} {B}x{K}->{N} save_from={T} (nothing saved) fp32", F32, readout(T)))
+
+    D = S["seq_D"]
+
+    def rec_back(rows, dtype=F32):
+        return lambda ops: checks.recurrent_backward(ops, recurrent_backward_inputs(dev, rows, K, N, dtype), dtype)
+
+    out.append(("recurrent_backward", f"{B}x{K}->{N} fp32", F32, rec_back(B)))
+    out.append(("recurrent_backward", f"time-fused [{D}x{B}]x{K}->{N} fp32", F32, rec_back(D * B)))
+    out.append(("recurrent_backward", f"{B}x{K}->{N} bf16", torch.bfloat16, rec_back(B, torch.bfloat16)))
+
+    def reverse(post="psi", dtype=F32):
+        return lambda ops: checks.recurrent_backward_reverse(ops, reverse_inputs(dev, D, B, K, N, dtype, post), dtype)
+
+    out.append(("recurrent_backward_reverse", f"D={D} {B}x{K}->{N} post=psi fp32", F32, reverse()))
+    out.append(("recurrent_backward_reverse", f"D={D} {B}x{K}->{N} post=spike fp32", F32, reverse("spike")))
+    out.append(("recurrent_backward_reverse", f"D={D} {B}x{K}->{N} bf16", torch.bfloat16,
+                reverse(dtype=torch.bfloat16)))
+
+    for shape in S["std_shapes"]:
+        out.append(("standardize_backward", f"weight {shape} fp32", F32,
+                    lambda ops, shape=shape: checks.standardize_backward(ops, standardize_inputs(dev, shape))))
     return out
 
 
@@ -172,9 +241,8 @@ def oracle_precision(ctx) -> None:
     mm = rel(a @ b, a.double() @ b.double())
     conv = rel(torch.nn.functional.conv2d(x, w, padding=1),
                torch.nn.functional.conv2d(x.double(), w.double(), padding=1))
-    flags = (f"allow_tf32 matmul={torch.backends.cuda.matmul.allow_tf32} "
-             f"cudnn={torch.backends.cudnn.allow_tf32}, matmul precision "
-             f"{torch.get_float32_matmul_precision()}")
+    from stllr_kernels.tolerance import oracle_state
+    flags = ", ".join(f"{k}={v}" for k, v in oracle_state().items())
     ok = mm < 1e-5 and conv < 1e-5
     ctx.add("oracle precision", "fp32 matmul and conv2d vs float64", "torch", "ok" if ok else "FAIL",
             detail=f"relative error matmul {mm:.1e}, conv {conv:.1e} (TF32 would give ~1e-3); {flags}")

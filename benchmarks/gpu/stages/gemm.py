@@ -3,6 +3,8 @@
 linear_backward does 6*rows*N*K FLOPs (dW: two products of 2*rows*N*K; dx: 2*rows*N*K); the limit is
 torch.mm doing the same FLOPs on operands made in advance ([N, 2 rows] x [2 rows, K] and
 [rows, N] x [N, K]), in the same precision: fp32 (TF32 off), tf32, bf16 (goal >= 70% of its rate).
+In fp32 both sides run on the CUDA cores: Triton's "ieee" dot compiles to an FMA loop (no wgmma in
+its sm_90 PTX, with triton 3.6 and 3.9), and cuBLAS with TF32 off runs SGEMM; tf32 and bf16 use wgmma.
 conv_backward is timed against cuDNN's weight gradient on the batch-concatenated operands plus its
 input gradient (TF32 off), on the Gesture VGG's layers.
 """
@@ -14,6 +16,7 @@ import torch
 
 from stllr_kernels import reference as R
 
+from ..timing import DEVICE
 from .inputs import conv_inputs, linear_inputs
 
 PRECISIONS = (("fp32", torch.float32, "highest"), ("tf32", torch.float32, "high"),
@@ -65,6 +68,14 @@ def prepare(ctx) -> list:
     return work
 
 
+def gemm_note(label: str) -> str:
+    """What the row's goal compares: in exact fp32 neither side uses tensor cores (the Triton dot's
+    "ieee" precision compiles to an FMA loop, no wgmma, by the sm_90 PTX; cuBLAS runs SGEMM)."""
+    if label.endswith("fp32"):
+        return "goal >= 70% of torch.mm's rate; fp32: CUDA-core FMA on both sides (no tensor cores)"
+    return "goal >= 70% of torch.mm's rate; tensor cores (wgmma) on both sides"
+
+
 def warm(ctx, provs, work) -> None:
     """Every case once per provider: compiles and autotuning, before the budget starts."""
     for check, label, level, _, args, _, _ in work:
@@ -92,11 +103,11 @@ def run(ctx) -> None:
             ref_us = ctx.clock.us(lambda: getattr(R, check)(*args))
             limit_name = "torch.mm, same FLOPs" if flops else "cuDNN wgrad + dgrad"
             limit_rate = f"{flops / limit_us / 1e6:.4g} TFLOP/s" if flops else ""
-            ctx.add(check, label, limit_name, us=limit_us, ref_us=ref_us, achieved=limit_rate)
+            ctx.add(check, label, limit_name, us=limit_us, ref_us=ref_us, timing=DEVICE, achieved=limit_rate)
             for name, ops in provs.items():
                 with ctx.guard(check, label, name):
                     us = ctx.clock.us(lambda: getattr(ops, check)(*args))
-                    ctx.add(check, label, name, us=us, ref_us=ref_us,
+                    ctx.add(check, label, name, us=us, ref_us=ref_us, timing=DEVICE,
                             achieved=f"{flops / us / 1e6:.4g} TFLOP/s" if flops else "",
                             limit=f"{limit_name} {limit_us:.4g} us", pct=100 * limit_us / us,
-                            note="goal >= 70% of torch.mm's rate" if flops else "", headline=headline)
+                            note=gemm_note(label) if flops else "", headline=headline)

@@ -11,6 +11,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import networks
 
+from ..timing import PROFILER_SPAN
+
 
 def busy_us(intervals) -> float:
     """Length of the union of (start, end) intervals."""
@@ -50,7 +52,7 @@ def run(ctx) -> None:
             ctx.add("profile", case, "auto", "ERROR", detail="the profile holds no CUDA kernel events")
             return
         top = Counter(e.name for e in kernels).most_common(6)
-        ctx.add("profile", case, "auto", us=span,
+        ctx.add("profile", case, "auto", us=span, timing=PROFILER_SPAN,
                 achieved=f"{len(kernels)} kernels ({len(kernels) / spec.T:.1f} per time step); GPU busy "
                          f"{busy / 1e3:.3g} ms of {span / 1e3:.3g} ms ({100 * busy / max(span, 1e-9):.0f}%), "
                          f"idle {(span - busy) / 1e3:.3g} ms",

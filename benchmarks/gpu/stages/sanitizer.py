@@ -1,18 +1,18 @@
 """compute-sanitizer memcheck over one tiny call of every op on every GPU backend
-(`sanitizer_payload`), where the machine has compute-sanitizer (a skipped row otherwise)."""
+(`sanitizer_payload`), where the machine has compute-sanitizer (a skipped row otherwise). The tool
+and the program it runs share one process group: a timeout ends both (`procs.run_group`)."""
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 
-CANDIDATES = ("/usr/local/cuda/bin/compute-sanitizer",)
+from ..deps import find_tool
+from ..procs import run_group
 
 
 def find_sanitizer():
-    return shutil.which("compute-sanitizer") or next((p for p in CANDIDATES if os.path.exists(p)), None)
+    return find_tool("compute-sanitizer")
 
 
 def run(ctx) -> None:
@@ -26,19 +26,17 @@ def run(ctx) -> None:
     env = {**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
     cmd = [tool, "--tool", "memcheck", "--error-exitcode", "86", "--print-limit", "20",
            sys.executable, "-m", "benchmarks.gpu.stages.sanitizer_payload"]
-    try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                             timeout=max(10.0, ctx.args.budget))
-    except subprocess.TimeoutExpired:
-        ctx.add("compute-sanitizer", case, "triton+cuda", "TIMEOUT",
-                detail=f"memcheck did not finish in {ctx.args.budget:.0f} s")
-        return
-    text = out.stdout + out.stderr
+    result = run_group(cmd, max(10.0, ctx.args.budget), env)
+    text = result.output
     print(text[-20000:])
+    if result.timed_out:
+        ctx.add("compute-sanitizer", case, "triton+cuda", "TIMEOUT",
+                detail=f"memcheck did not finish in {ctx.args.budget:.0f} s (it and its program were ended)")
+        return
     summary = re.search(r"ERROR SUMMARY: (\d+) error", text)
     errors = int(summary.group(1)) if summary else None
-    ok = out.returncode == 0 and errors == 0
+    ok = result.returncode == 0 and errors == 0
     lines = [ln for ln in text.splitlines() if "Invalid" in ln or ": FAIL" in ln or "not available" in ln]
     ctx.add("compute-sanitizer", case, "triton+cuda", "ok" if ok else "FAIL",
-            detail=f"exit code {out.returncode}; {errors if errors is not None else '?'} memcheck errors"
+            detail=f"exit code {result.returncode}; {errors if errors is not None else '?'} memcheck errors"
                    + (f"; {' / '.join(lines[:3])}" if lines else ""))

@@ -9,11 +9,15 @@ import torch
 from stllr_kernels.backends import BACKEND_MODULES, unavailable_reason
 
 from . import checks
-from .inputs import beta_theta, conv_inputs, linear_inputs, rule, spikes
+from .inputs import (beta_theta, conv_inputs, linear_inputs, readout_inputs, recurrent_backward_inputs,
+                     recurrent_inputs, reverse_inputs, rule, spikes, standardize_inputs)
 
 
 def main() -> int:
     import importlib
+
+    from stllr_kernels.tolerance import exact_oracles
+    exact_oracles()  # a fresh process: cuDNN would run the float32 oracles in TF32
     dev = torch.device("cuda")
     beta, theta = beta_theta(dev)
     failures = 0
@@ -34,6 +38,14 @@ def main() -> int:
                                                     torch.rand(shape, device=dev), 0.8, 3),
             "linear_backward": checks.linear_backward(ops, linear_inputs(dev, (5,), 37, 33), torch.float32),
             "conv_backward": checks.conv_backward(ops, conv_inputs(dev, 2, 3, 5, 7), torch.float32),
+            "recurrent_sequence": checks.recurrent_sequence(ops, recurrent_inputs(dev, 4, 3, 7, 37), rule(), 2,
+                                                            torch.float32),
+            "readout_sequence": checks.readout_sequence(ops, readout_inputs(dev, 4, 3, 7, 37), 2),
+            "recurrent_backward": checks.recurrent_backward(ops, recurrent_backward_inputs(dev, 5, 7, 37),
+                                                            torch.float32),
+            "recurrent_backward_reverse": checks.recurrent_backward_reverse(
+                ops, reverse_inputs(dev, 3, 3, 7, 37), torch.float32),
+            "standardize_backward": checks.standardize_backward(ops, standardize_inputs(dev, (5, 33))),
         }
         torch.cuda.synchronize()
         for op, verdict in results.items():
