@@ -79,7 +79,7 @@ def main(argv=None):
     if args.tiny:
         T, delay, chunk, batch, inputs, hidden, classes, batches = 20, 6, 4, 8, 40, 32, 4, 4
     else:  # the paper's SHD network and loss window; batches of 32
-        T, delay, chunk, batch, inputs, hidden, classes, batches = 100, 90, 25, 32, 700, 450, 20, 40
+        T, delay, chunk, batch, inputs, hidden, classes, batches = 100, 90, 25, 32, 700, 450, 20, 10
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
