@@ -1,5 +1,6 @@
 # `make test`: a fresh machine to a passing suite. `make demo`: the main job (see README.md).
-# `make bench`: the CPU benchmarks (speed, memory, MACs) into benchmarks/results/, < 10 min on 2 cores.
+# `make bench`: the CPU benchmarks (speed, memory, MACs) into benchmarks/results/, < 10 min on 2 cores,
+# then the figures README.md and docs/ quote from them (benchmarks.quote).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -54,6 +55,7 @@ bench: venv $(VENV)/.bench-deps
 	$(PY) -m benchmarks.memory
 	$(PY) -m benchmarks.macs
 	$(PY) -m benchmarks.summary
+	$(PY) -m benchmarks.quote
 
 # compile-only check of csrc/cuda/*.cu with nvcc -arch=sm_90 (skipped, with a message, without nvcc)
 cuda-check: venv

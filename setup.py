@@ -64,11 +64,19 @@ def _extension_setup():
     return [ext], {"build_ext": TolerantBuild.with_options(use_ninja=True)}
 
 
+def _version() -> str:
+    """stllr_kernels/_version.py's __version__, read without importing the package."""
+    namespace = {}
+    with open(os.path.join(HERE, "stllr_kernels", "_version.py")) as f:
+        exec(f.read(), namespace)
+    return namespace["__version__"]
+
+
 ext_modules, cmdclass = _extension_setup()
 
 setup(
     name="stllr-kernels",
-    version="0.1.0",
+    version=_version(),
     description="Fused kernels and training for S-TLLR, a temporally local learning rule for SNNs",
     packages=find_packages(include=["stllr_kernels", "stllr_kernels.*", "training", "training.*"]),
     python_requires=">=3.9",

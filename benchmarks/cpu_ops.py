@@ -30,7 +30,7 @@ from stllr_kernels.config import RuleConfig
 
 
 def naive_eligibility(L, psi, trpost_prev, x, trpre, alpha_post, alpha_pre):
-    """SPEC section 2 written per sample: the B x N x K outer products, summed over the batch."""
+    """docs/rule.md section 2 written per sample: the B x N x K outer products, summed over the batch."""
     return (L[:, :, None] * (alpha_post * trpost_prev[:, :, None] * x[:, None, :]
                              + alpha_pre * psi[:, :, None] * trpre[:, None, :])).sum(0)
 

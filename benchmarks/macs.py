@@ -14,7 +14,7 @@ from benchmarks.networks import CIFAR10DVS, GESTURE, SHD, ModelSpec
 from training.engine import predict
 
 PAPER_REDUCTION = "1.3-6.6x"  # the paper's reported MAC reduction of S-TLLR against BPTT
-# S-TLLR online (SPEC section 6) and time-fused (--step-mode sequence: the same gradients; the recurrent
+# S-TLLR online (docs/rule.md section 6) and time-fused (--step-mode sequence: the same gradients; the recurrent
 # layer's eligibility in reverse time, (D+1) rows per weight instead of 2 D), against BPTT
 METHODS = {"S-TLLR": "stllr_online", "S-TLLR time-fused": "stllr_fused", "BPTT": "bptt"}
 
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
                    "custom backward (run with the `torch` backend, whose ops the counter sees; every backend "
                    "does the same arithmetic); element-wise work (LIF updates, traces, Psi) is not counted. "
                    "The forward share is the same model run over all T without autograd; "
-                   "backward+update = total - forward. S-TLLR is the online procedure (SPEC section 6): "
+                   "backward+update = total - forward. S-TLLR is the online procedure (docs/rule.md section 6): "
                    "a backward at each of the last delay-ls steps only; S-TLLR time-fused is --step-mode "
                    "sequence (the same gradients), whose recurrent layer forms its eligibility in reverse "
                    "time: (delay-ls + 1) x B rows per weight instead of 2 x delay-ls x B. Batch "

@@ -163,7 +163,7 @@ def with_naive_recurrence(model: nn.Module) -> nn.Module:
 def spikingjelly_lif(lif: snn.LIF, step_mode: str):
     """SpikingJelly's LIFNode set up as this LIF: v = beta v + I (decay_input=False,
     tau = 1/(1-beta)), soft reset with the spike detached (v_reset=None, detach_reset=True, as
-    the original's BPTT LIF, SPEC 7.1), same threshold; surrogate: Sigmoid(4) for sigmoid
+    the original's BPTT LIF, docs/rule.md section 7.1), same threshold; surrogate: Sigmoid(4) for sigmoid
     (identical), SoftSign(100) for fast_sigmoid (same shape, 50x scale), PiecewiseQuadratic(1) for
     triangle (same shape, no 0.3 factor)."""
     from spikingjelly.activation_based import neuron, surrogate

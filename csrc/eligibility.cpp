@@ -1,4 +1,4 @@
-// The S-TLLR backward of one linear / conv step (SPEC section 2):
+// The S-TLLR backward of one linear / conv step (docs/rule.md section 2):
 //   dW = alpha_post * (L * trpost_prev)^T x + alpha_pre * (L * causal)^T trpre
 //   db = sum_b L * psi,   dx = (L * psi) @ W   (conv: the conv input-gradient of L * psi)
 // One fused element-wise pass (device specific: CPU here, CUDA in cuda/eligibility.cu) forms the

@@ -42,7 +42,7 @@ C10_HOST_DEVICE inline T psi_of(T u) {
   }
 }
 
-// One neuron, one step (SPEC section 1). T is the state type (float or double).
+// One neuron, one step (docs/rule.md section 1). T is the state type (float or double).
 template <int PSI, int RESET, int POST, typename T>
 struct LifUpdate {
   T spike, v, trpost, psi;

@@ -1,6 +1,6 @@
 """Validated settings of one S-TLLR layer: the four factors, Psi, reset and post-trace mode.
 
-Also the one table of layer defaults (SPEC section 4), so that layers, models and the training
+Also the one table of layer defaults (docs/rule.md section 4), so that layers, models and the training
 flags read them from a single place.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Sequence
 
 from .psi import check_post, check_psi, check_reset
 
-# SPEC section 4: defaults of the original's layers.
+# docs/rule.md section 4: defaults of the original's layers.
 DEFAULT_FACTORS = (0.5, 0.8, -0.2, 1.0)  # [lambda_post, lambda_pre, alpha_post, alpha_pre]
 DEFAULT_THRESHOLD = 0.6
 DEFAULT_LEAK = 2.0

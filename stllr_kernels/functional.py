@@ -1,6 +1,6 @@
 """Autograd Functions of the S-TLLR layers: forward and backward call the selected backend only.
 
-Each Function saves exactly what SPEC section 2 lists (x[t], trpre[t], trpost[t-1], psi[t], the
+Each Function saves exactly what docs/rule.md section 2 lists (x[t], trpre[t], trpost[t-1], psi[t], the
 weight, and s[t] for post="spike"), so memory per step is O(neurons) and nothing links steps: the
 states come out as non-differentiable tensors that the layers detach and carry.
 
@@ -247,7 +247,7 @@ class ReadoutSTLLR(torch.autograd.Function):
     """The readout ("accumulate") layer over T steps of x_seq [T, B, K] (T = 1: one online step):
     v[t] = beta v[t-1] + W x[t] + b, output v [T, B, N].
 
-    Backward: dW = L^T trpre[t], db = sum_b L, dx = L @ W over the loss steps (SPEC section 4).
+    Backward: dW = L^T trpre[t], db = sum_b L, dx = L @ W over the loss steps (docs/rule.md section 4).
     """
 
     @staticmethod

@@ -416,7 +416,7 @@ def spike_fn(u: Tensor, psi: str = DEFAULT_PSI_LINEAR) -> Tensor:
 
 
 class LIF(_Stateful, nn.Module):
-    """LIF neuron of SPEC section 1 for BPTT: the membrane keeps its graph through time."""
+    """LIF neuron of docs/rule.md section 1 for BPTT: the membrane keeps its graph through time."""
 
     _state_names = ("v",)
 
@@ -438,7 +438,7 @@ class LIF(_Stateful, nn.Module):
         theta = theta_of(self.threshold)
         v = beta_of(self.leak) * self.v + current
         s = spike_fn(v - theta, self.psi)
-        reset = s.detach()  # as the original: no gradient through the reset (SPEC section 7.1)
+        reset = s.detach()  # as the original: no gradient through the reset (docs/rule.md section 7.1)
         self.v = v - theta * reset if self.reset_mechanism == "soft" else v * (1.0 - reset)
         return s.to(current.dtype)
 

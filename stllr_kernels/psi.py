@@ -1,4 +1,4 @@
-"""The secondary activations Psi(u) of SPEC section 3: the one table every backend reads.
+"""The secondary activations Psi(u) of docs/rule.md section 3: the one table every backend reads.
 
 Each entry has a name (what users and the training flags pass), the torch formula (used by the
 reference and as the BPTT surrogate gradient) and a small integer code that the compiled kernels

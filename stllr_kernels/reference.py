@@ -1,10 +1,10 @@
-"""SPEC.md made executable: the pure-torch oracle every backend is tested against.
+"""docs/rule.md made executable: the pure-torch oracle every backend is tested against.
 
-Each function is one op of DESIGN.md's op set, with the same name and signature in every backend
+Each function is one op of docs/design.md's op set, with the same name and signature in every backend
 (`stllr_kernels.backends.<name>`). Scalars that live on the device (beta, theta) are 0-d tensors so
 that no backend has to synchronise to read them; the factors are Python floats.
 
-Notation follows SPEC section 1: x[t] input, I[t] current, v+ membrane after reset, u = v - theta,
+Notation follows docs/rule.md section 1: x[t] input, I[t] current, v+ membrane after reset, u = v - theta,
 s spikes, psi = Psi(u), trpost / trpre the post / pre traces.
 """
 from __future__ import annotations
@@ -26,17 +26,17 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def beta_of(leak: Tensor) -> Tensor:
-    """beta = sigmoid(leak) (SPEC section 1)."""
+    """beta = sigmoid(leak) (docs/rule.md section 1)."""
     return torch.sigmoid(leak)
 
 
 def theta_of(threshold: Tensor) -> Tensor:
-    """theta = max(threshold, 0.5) (SPEC section 1)."""
+    """theta = max(threshold, 0.5) (docs/rule.md section 1)."""
     return threshold.clamp(min=MIN_THRESHOLD)
 
 
 def standardize(weight: Tensor, gain: Tensor, eps: float = STANDARDIZE_EPS):
-    """Weight standardization (SPEC section 4) and what its backward needs: (W_hat, n, s) with
+    """Weight standardization (docs/rule.md section 4) and what its backward needs: (W_hat, n, s) with
     s = sqrt(var_row * fan_in + eps) (unbiased variance over each output row), n = (W - mean_row) / s
     and W_hat = gain * n; s has the shape of gain ([N, 1, ...])."""
     flat = weight.flatten(1)
@@ -74,7 +74,7 @@ def standardize_backward(grad_w_hat: Tensor, normalized: Tensor, scale: Tensor, 
 
 def lif_step(current: Tensor, v: Tensor, trpost: Tensor, beta: Tensor, theta: Tensor,
              cfg: RuleConfig):
-    """One LIF step with the post trace (SPEC section 1), element-wise over any shape.
+    """One LIF step with the post trace (docs/rule.md section 1), element-wise over any shape.
 
     Returns (s[t], v+[t], trpost[t], psi[t]); s in the current's dtype, the rest in state dtype.
     With cfg.post == "spike" the post trace accumulates s[t] instead of psi[t].
@@ -130,7 +130,7 @@ def recurrent_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight
                        s_prev: Tensor, v: Tensor, trpost: Tensor, trpre: Tensor, trrec: Tensor,
                        beta: Tensor, theta: Tensor, cfg: RuleConfig, save_from: int,
                        first_traces_only: bool = False):
-    """The recurrent layer over all T steps of x [T, B, K] (SPEC sections 1-2, recurrent):
+    """The recurrent layer over all T steps of x [T, B, K] (docs/rule.md sections 1-2, recurrent):
     I[t] = W x[t] + b + W_rec s[t-1], the LIF step, trpre and trrec[t] = lambda_pre trrec[t-1] + s[t].
 
     The input current is one GEMM over all T; only W_rec s[t-1] and the LIF are stepped. States in:
@@ -162,7 +162,7 @@ def recurrent_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight
 
 def readout_sequence(x: Tensor, weight: Tensor, bias: Optional[Tensor], v: Tensor, trpre: Tensor,
                      beta: Tensor, lambda_pre: float, save_from: int):
-    """The readout layer over all T steps of x [T, B, K] (SPEC section 4): v[t] = beta v[t-1] + W x[t] + b.
+    """The readout layer over all T steps of x [T, B, K] (docs/rule.md section 4): v[t] = beta v[t-1] + W x[t] + b.
 
     Returns (v [T, B, N] in the state dtype: the output, its last step the state; trpre[T-1];
     trpre[save_from:]). One GEMM over all T, then the leaky scan.
@@ -189,7 +189,7 @@ def linear_backward(grad_s: Tensor, psi: Optional[Tensor], causal: Optional[Tens
                     trpost_prev: Optional[Tensor], x: Tensor, trpre: Tensor, weight: Tensor,
                     alpha_post: float, alpha_pre: float, needs_input_grad: bool = True,
                     needs_bias_grad: bool = True):
-    """The S-TLLR backward of one linear step (SPEC section 2), batched as GEMMs.
+    """The S-TLLR backward of one linear step (docs/rule.md section 2), batched as GEMMs.
 
     grad_s is L [B, N]; psi the surrogate for dx and db; causal the post factor of the causal
     term (psi, or s for post="spike"); None for psi/causal means 1 and None for trpost_prev drops

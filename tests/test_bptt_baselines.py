@@ -1,4 +1,4 @@
-"""The BPTT baselines against the original's forward (SPEC sections 1, 3, 4 and 7.1) written out
+"""The BPTT baselines against the original's forward (docs/rule.md sections 1, 3, 4 and 7.1) written out
 here step by step, gradients included: the LIF reset takes no gradient (the spike is detached in
 it), every VGG block runs conv -> LIF -> dropout -> pool (the sixth too), and the VGG classifier's
 bias keeps PyTorch's default initialisation.
@@ -20,7 +20,7 @@ from training.models.vgg import VGGBPTT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: small ops run faster on one thread
 
-PSI = {  # SPEC section 3
+PSI = {  # docs/rule.md section 3
     "triangle": lambda u: 0.3 * torch.clamp(1 - u.abs(), min=0),
     "sigmoid": lambda u: 4 * torch.sigmoid(4 * u) * (1 - torch.sigmoid(4 * u)),
     "fast_sigmoid": lambda u: 1 / (1 + 100 * u.abs()) ** 2,
@@ -43,7 +43,7 @@ class Spike(torch.autograd.Function):
 
 
 def standardized(weight, gain):
-    """SPEC section 4: gain * (W - mean_row) / sqrt(var_row * fan_in + 1e-4), unbiased variance."""
+    """docs/rule.md section 4: gain * (W - mean_row) / sqrt(var_row * fan_in + 1e-4), unbiased variance."""
     flat = weight.flatten(1)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     mean, var = flat.mean(1).view(shape), flat.var(1, unbiased=True).view(shape)
@@ -51,7 +51,7 @@ def standardized(weight, gain):
 
 
 def lif(v, current, leak, threshold, psi):
-    """One step of SPEC section 1 with the original's reset: v+ = v - theta * s.detach()."""
+    """One step of docs/rule.md section 1 with the original's reset: v+ = v - theta * s.detach()."""
     beta, theta = torch.sigmoid(leak), torch.clamp(threshold, min=0.5)
     v = current if v is None else beta * v + current
     s = Spike.apply(v - theta, psi)
@@ -134,7 +134,7 @@ def test_vgg_bptt_sixth_block_pools_after_lif_and_dropout(seed):
 
 
 def test_vgg_bptt_classifier_bias_keeps_the_default_init(seed):
-    """PyTorch's default: U(-1/sqrt(512), 1/sqrt(512)); the convs' biases are zero (SPEC 7)."""
+    """PyTorch's default: U(-1/sqrt(512), 1/sqrt(512)); the convs' biases are zero (docs/rule.md section 7)."""
     biases = torch.stack([VGGBPTT(2, 32, 32, 11, "LinearSpike", 0.0).classifier.bias for _ in range(4)])
     bound = 1 / math.sqrt(512)
     assert (biases.abs() <= bound).all() and (biases != 0).all() and biases.std() > bound / 4

@@ -1,6 +1,6 @@
 """One op-level conformance suite for every backend, against `stllr_kernels.reference`.
 
-Every op of DESIGN.md (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward,
+Every op of docs/design.md (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward,
 conv_backward) over a grid of shapes (batch 1, odd sizes, sizes that cross the kernels' tiles,
 non-contiguous inputs, empty inputs), every Psi / reset / post mode and dtype, outputs and every
 gradient; then whole multi-step layer runs, each backend against the `torch` backend.
@@ -35,7 +35,7 @@ from stllr_kernels.psi import POST_MODES, PSI_CODES, RESET_MODES
 # (backend, device type): every backend on the device type it serves. While the `torch` backend's
 # ops are the reference functions themselves, comparing them with the reference could not fail:
 # those cases skip (saying so); the layer runs use `torch` as their oracle, and test_reference.py
-# checks it against SPEC written out per sample.
+# checks it against docs/rule.md section 2 written out per sample.
 TARGETS = [("torch", "cpu"), ("cpu", "cpu"), ("triton", "cpu"), ("cuda", "cuda"), ("triton", "cuda")]
 OPS = ("lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward", "conv_backward")
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]

@@ -1,7 +1,7 @@
 """The three dataset pipelines on tiny datasets written in the real on-disk formats.
 
 Expected frames are recomputed here from the written files with plain numpy (no tonic, no
-pipeline code): the original's steps (SPEC section 7.1) for the default `--frames original`, and
+pipeline code): the original's steps (docs/rule.md section 7.1) for the default `--frames original`, and
 plain counts for `--frames counts`. A wrong unit, axis, polarity, bin edge, slice, resize, rounding
 or split in the pipeline shows up as a mismatch; frames compare exactly.
 """
@@ -64,7 +64,7 @@ def data(raw, tmp_path):
     return target
 
 
-# --- the original's steps, re-stated from SPEC 7.1 ----------------------------------------------
+# --- the original's steps, re-stated from docs/rule.md section 7.1 ------------------------------
 
 def tonic_windows(t, window):
     """tonic 1.4.3's SliceByTime: floor((t_last - t_first - window) / window) + 1 windows (at least
@@ -215,7 +215,7 @@ def shifts_of(window, padding):
     return [padded[..., i:i + h, j:j + w] for i in range(2 * padding + 1) for j in range(2 * padding + 1)]
 
 
-MEAN = torch.tensor([0.2728, 0.1295]).view(1, 2, 1, 1)  # the original's values (SPEC section 7.1)
+MEAN = torch.tensor([0.2728, 0.1295]).view(1, 2, 1, 1)  # the original's values (docs/rule.md section 7.1)
 STD = torch.tensor([0.2225, 0.1290]).view(1, 2, 1, 1)
 
 

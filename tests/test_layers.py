@@ -225,7 +225,7 @@ def test_bptt_surrogate_is_psi(psi):
 
 @pytest.mark.parametrize("reset", ["soft", "hard"])
 def test_bptt_lif_matches_stllr_forward(reset):
-    """The BPTT LIF and the S-TLLR layer share the neuron of SPEC section 1."""
+    """The BPTT LIF and the S-TLLR layer share the neuron of docs/rule.md section 1."""
     torch.manual_seed(3)
     stllr = LinearSTLLR(6, 5, normalization=False, reset_mechanism=reset, leak=1.0)
     fc = torch.nn.Linear(6, 5)

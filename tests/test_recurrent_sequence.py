@@ -118,7 +118,7 @@ def test_recurrent_backward(seed, name, rows, K, N):
 
 def forward_time_inputs(D, B, K, N, lambda_pre, post, dtype):
     """The loss steps' operands of recurrent_backward, with the trace sequences built from nonzero
-    carried-in traces by SPEC's recurrences: trpre[d] = lambda trpre[d-1] + x[d] and
+    carried-in traces by the recurrences of docs/rule.md section 1: trpre[d] = lambda trpre[d-1] + x[d] and
     trrec[t-1] = lambda trrec[t-2] + s[t-1]."""
     sd = R.state_dtype(dtype)
     L = torch.randn(D, B, N).to(dtype)
@@ -141,7 +141,7 @@ def forward_time_inputs(D, B, K, N, lambda_pre, post, dtype):
 # (D, B, K, N): one of everything, batch 1, odd sizes and a block + 1, D = 0
 @pytest.mark.parametrize("D,B,K,N", [(1, 1, 1, 1), (2, 1, 3, 5), (7, 3, 7, 33), (12, 2, 40, 65), (0, 2, 3, 4)])
 def test_recurrent_backward_reverse_equals_the_forward_time_oracle(seed, name, dtype, post, D, B, K, N):
-    """The reverse-time op gives what SPEC's forward-time rule (reference.recurrent_backward over the
+    """The reverse-time op gives what the forward-time rule of docs/rule.md section 2 (reference.recurrent_backward over the
     trace sequences) gives, from the first loss step's traces only."""
     for lambda_pre, alpha_post, alpha_pre in ((0.8, -0.2, 1.0), (1.0, 0.7, 0.5), (0.0, 1.0, 1.0)):
         L, psi, causal, prev, x, trpre, s_prev, trrec, weight, weight_rec = forward_time_inputs(

@@ -1,4 +1,4 @@
-"""The reference (and so the layers on the `torch` backend) against SPEC section 2 written out
+"""The reference (and so the layers on the `torch` backend) against docs/rule.md section 2 written out
 per sample: e_bij[t] = alpha_pre psi_bi[t] trpre_bj[t] + alpha_post trpost_bi[t-1] x_bj[t],
 dW_ij = sum_t sum_b L_bi[t] e_bij[t], with the LIF simulated step by step in this file."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import assert_close_policy, backend
 from stllr_kernels.nn import Conv2dSTLLR, LinearRecSTLLR, LinearSTLLR
 
-# SPEC section 3, written again here on purpose: the tests must not read the table they check.
+# docs/rule.md section 3, written again here on purpose: the tests must not read the table they check.
 PSI = {
     "fast_sigmoid": lambda u: 1.0 / (1.0 + 100.0 * u.abs()) ** 2,
     "triangle": lambda u: 0.3 * torch.clamp(1.0 - u.abs(), min=0.0),
@@ -28,7 +28,7 @@ def random_factors(gen=None):
 
 
 def simulate(currents_fn, inputs, n_shape, beta, theta, factors, psi, reset, post):
-    """Step the LIF of SPEC section 1 by hand; returns per-step dicts of what the rule needs."""
+    """Step the LIF of docs/rule.md section 1 by hand; returns per-step dicts of what the rule needs."""
     lam_post, lam_pre = factors[0], factors[1]
     v = torch.zeros(n_shape, dtype=torch.float64)
     trpost = torch.zeros(n_shape, dtype=torch.float64)
@@ -228,7 +228,7 @@ def test_conv_layer_matches_per_sample_sums(seed, psi, reset, geom):
 
 
 def plain_standardize(w, gain):
-    """SPEC section 4 written out: gain * (W - mean) / sqrt(var * fan_in + 1e-4)."""
+    """docs/rule.md section 4 written out: gain * (W - mean) / sqrt(var * fan_in + 1e-4)."""
     rows = w.reshape(w.shape[0], -1)
     n = rows.shape[1]
     mean = rows.sum(1, keepdim=True) / n

@@ -39,7 +39,7 @@ ORIGINAL = [
     ("--weight-decay", 0, None, {}),
 ]
 # Deliberate differences, each with its reason: free-text names became checked choices (an unknown
-# name fails before any work); SBP and LocalLoss are outside SPEC section 5.
+# name fails before any work); SBP and LocalLoss are outside docs/rule.md section 5.
 ADDED_CHOICES = {"--arch", "--dataset"}
 DROPPED_CHOICES = {"--feedback-mode": {"SBP", "LocalLoss"}}
 

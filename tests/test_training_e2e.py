@@ -1,5 +1,5 @@
 """`python -m training` end to end on tiny datasets in the real on-disk formats, with each command of
-the original's README (SPEC section 7), cut to one epoch, one trial and batches of 2.
+the original's README (docs/rule.md section 7), cut to one epoch, one trial and batches of 2.
 
 The runs go through `training.cli.main` in-process (no second torch import per run); the
 missing-files message, whose point is what the user sees, is checked in a real subprocess.

@@ -72,7 +72,7 @@ REFERENCE_OPTIMIZERS = {
 
 
 def batch_by_hand(model, opt, loss, mode, x, y, delay_ls):
-    """SPEC section 6 for one batch, literally, with the model's step API: every step run with
+    """docs/rule.md section 6 for one batch, literally, with the model's step API: every step run with
     autograd on, a loss and backward at each of the last D steps (stllr_online: an optimizer step
     after each), BPTT one loss on the summed output."""
     T = x.shape[0]

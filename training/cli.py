@@ -1,18 +1,32 @@
 """The command line of `python -m training`: the original's flags (same names, choices, defaults)
 plus a few new ones (the table is `training.config.FLAGS`), checked before any work starts; and
-the one place that turns the package's typed errors into a one-line message and an exit code."""
+the one place that turns the package's typed errors into a one-line message and an exit code.
+
+`--help`, `--version` and a malformed flag are answered from the table alone, before torch is
+imported; the checks that need torch (devices, backends, files) run once the flags parse.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import runpy
 import sys
 from typing import Optional, Sequence
 
-from .config import FLAGS, NEW_FLAGS, OPTIMIZERS, ORIGINAL_FLAGS, RunConfig
+from .config import DISTRIBUTED_FLAGS, FLAGS, NEW_FLAGS, OPTIMIZERS, ORIGINAL_FLAGS, RunConfig
 from .errors import FlagError, TrainingError
 
 PROG = "python -m training"
+GROUPS = (  # (title, description) of --help's three groups, in the order they are shown
+    ("the original's flags", "The original code's main.py flags, with its names and defaults (where a "
+                             "choice differs, docs/differences.md says why)."),
+    ("this package's additions", None),
+    ("distributed runs", "Start the same command under torchrun to train on several GPUs or processes."),
+)
 
-__all__ = ["FLAGS", "NEW_FLAGS", "OPTIMIZERS", "ORIGINAL_FLAGS", "build_parser", "main", "parse_config"]
+__all__ = ["FLAGS", "NEW_FLAGS", "OPTIMIZERS", "ORIGINAL_FLAGS", "build_parser", "main", "parse_config",
+           "version"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,10 +35,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(FlagError.exit_code, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def version() -> str:
+    """stllr_kernels' version, read from its _version.py without importing the package (torch)."""
+    spec = importlib.util.find_spec("stllr_kernels")  # finds the package without running its __init__
+    folder = spec.submodule_search_locations[0]
+    return runpy.run_path(os.path.join(folder, "_version.py"))["__version__"]
+
+
+def _help(kwargs: dict) -> str:
+    """The table's help text with the default appended (unless the text already states it)."""
+    text = kwargs.get("help", "")
+    if "default" in text.lower() or kwargs.get("action") == "store_true":
+        return text
+    default = kwargs.get("default")
+    shown = "none" if default is None else " ".join(map(str, default)) if isinstance(default, list) else default
+    return f"{text} (default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="S-TLLR training, a drop-in for the original's main.py.")
+    parser = _Parser(prog=PROG, allow_abbrev=False,  # --epoch must not silently mean --epochs
+                     description="S-TLLR training, a drop-in for the original's main.py. Each flag's "
+                                 "choices are in braces, its default in parentheses.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (stllr-kernels) {version()}")
+    original, added, distributed = (parser.add_argument_group(title, text) for title, text in GROUPS)
+    original_names = {flag for flag, _ in ORIGINAL_FLAGS}
     for flag, kwargs in FLAGS:
-        parser.add_argument(flag, **kwargs)
+        group = original if flag in original_names else distributed if flag in DISTRIBUTED_FLAGS else added
+        group.add_argument(flag, **dict(kwargs, help=_help(kwargs)))
     return parser
 
 
@@ -33,7 +70,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> RunConfig:
     parser = build_parser()
     config = RunConfig.from_args(parser.parse_args(argv))
     try:
-        return config.validate()
+        return config.validate()  # the checks that need torch start here
     except FlagError as exc:
         parser.error(str(exc))
 

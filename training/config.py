@@ -17,26 +17,24 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
-from stllr_kernels.backends import BACKEND_MODULES
-from stllr_kernels.backends import unavailable_reason as backend_unavailable_reason
-from stllr_kernels.config import check_factors
-
-from . import run_dir, run_flags
-from .data import DATASETS
-from .datasets.catalog import DEFAULT_ENCODING, ENCODINGS
-from .engine import LOSSES, STEP_MODES, TRAINING_MODES
+# No torch, no stllr_kernels and no module that imports them up here: `--help`, `--version` and a
+# bad flag are answered from this table before `import torch` (about 1.5 s). What the checks need
+# is imported inside the functions that run them. The choices below are literal for that reason;
+# tests/test_cli_help.py checks each against the implementation it names.
+from . import run_dir, run_flags  # plain Python: no torch
 from .errors import FlagError
-from .models import ACTIVATIONS, ARCHS, DEFAULT_ACTIVATION, FEEDBACK_MODES
 
 OPTIMIZERS = ("SGD", "NAG", "Adam", "RMSProp", "RProp")
 
 # The one flag table: (flag, argparse keywords). The original's flags first, in its order.
 ORIGINAL_FLAGS = (
-    ("--arch", dict(type=str, default="dvs_vgg_stllr", choices=sorted(ARCHS), help="SNN architecture.")),
+    ("--arch", dict(type=str, default="dvs_vgg_stllr", help="SNN architecture.",
+                    choices=["bptt_shd_net", "digits_bptt", "digits_stllr", "dvs_vgg_bptt", "dvs_vgg_stllr",
+                             "dvscifar10_vgg11_stllr", "dvscifar10_vgg_bptt", "dvscifar10_vgg_stllr",
+                             "stllr_shd_net"])),
     ("--cpu", dict(action="store_true", default=False, help="Disable CUDA training and run training on CPU")),
-    ("--dataset", dict(type=str, default="DVSGesture", choices=list(DATASETS), help="Choice of the dataset")),
+    ("--dataset", dict(type=str, default="DVSGesture", choices=["DVSGesture", "CIFAR10DVS", "SHD", "Digits"],
+                       help="Choice of the dataset")),
     ("--save-path", dict(type=str, default="./experiments/default",
                          help="Directory to save the checkpoint and logs of the experiment")),
     ("--data-path", dict(type=str, default=None, help="Path for the datasets folder.")),
@@ -44,18 +42,22 @@ ORIGINAL_FLAGS = (
     ("--epochs", dict(type=int, default=100, help="Number of epochs to train (the total: with --resume, "
                                                     "the run continues up to this epoch)")),
     ("--optimizer", dict(type=str, choices=list(OPTIMIZERS), default="Adam", help="Choice of the optimizer")),
-    ("--loss", dict(type=str, choices=list(LOSSES), default="CE", help="Choice of the loss function")),
+    ("--loss", dict(type=str, choices=["MSE", "BCE", "CE"], default="CE", help="Choice of the loss function")),
     ("--lr", dict(type=float, default=1e-3, help="Initial learning rate")),
     ("--batch-size", dict(type=int, default=16, help="Batch size for training")),
     ("--val-batch-size", dict(type=int, default=5, help="Batch size for testing")),
     ("--label-encoding", dict(type=str, default="class", choices=["class", "one-hot"],
                               help="Label encoding (one-hot for DFA in the original; either works here).")),
-    ("--activation", dict(type=str, default=DEFAULT_ACTIVATION, choices=list(ACTIVATIONS),
+    ("--activation", dict(type=str, default="LinearSpike",
+                          choices=["Surrogate", "LinearSpike", "STLLRConv2dGradNormOut", "STLLRConv2dGradExp",
+                                   "STLLRConv2dSigmoid", "GradSigmoid", "STLLRLinearRecGradNorm",
+                                   "STLLRLinearRecGradSigmoid"],
                           help="The original's name of the secondary activation function (Psi).")),
     ("--seed", dict(type=int, default=1234, help="Seed for reproducibility.")),
     ("--pretrained-model", dict(type=str, default=None, help="Path for the pretrained model")),
-    ("--training-mode", dict(type=str, default="stllr", choices=list(TRAINING_MODES), help="Training mode.")),
-    ("--feedback-mode", dict(type=str, default="BP", choices=list(FEEDBACK_MODES),
+    ("--training-mode", dict(type=str, default="stllr", choices=["stllr_online", "stllr", "bptt"],
+                             help="Training mode.")),
+    ("--feedback-mode", dict(type=str, default="BP", choices=["BP", "DFA", "sDFA"],
                              help="Feedback mode to produce the learning signal.")),
     ("--delay-ls", dict(type=int, default=5,
                         help="Number of final time steps that get a learning signal (T - T_l); a sample "
@@ -69,9 +71,9 @@ ORIGINAL_FLAGS = (
     ("--weight-decay", dict(type=float, default=0, help="Weight decay L2 normalization")),
 )
 NEW_FLAGS = (
-    ("--backend", dict(type=str, default="auto", choices=["auto", *BACKEND_MODULES],
+    ("--backend", dict(type=str, default="auto", choices=["auto", "triton", "cuda", "cpu", "torch"],
                        help="Kernel backend of stllr_kernels (auto: the fastest available).")),
-    ("--step-mode", dict(type=str, default="online", choices=list(STEP_MODES),
+    ("--step-mode", dict(type=str, default="online", choices=["online", "sequence"],
                          help="online: one time step per call (memory flat in T); sequence: the whole "
                               "sequence per call (time-fused, faster on GPUs). Same gradients.")),
     ("--resume", dict(type=str, default=None, metavar="PATH",
@@ -83,7 +85,7 @@ NEW_FLAGS = (
     ("--workers", dict(type=int, default=None, help="DataLoader workers (default: 0 for Digits, else 4).")),
     ("--device", dict(type=str, default=None, help="torch device, e.g. cuda:1 (default: cuda if available "
                                                     "and not --cpu, else cpu).")),
-    ("--frames", dict(type=str, default=DEFAULT_ENCODING, choices=list(ENCODINGS),
+    ("--frames", dict(type=str, default="original", choices=["original", "counts"],
                       help="How events become frames. original: the original code's tensors, quirks included "
                            "(the paper's inputs); counts: plain event counts at the network's resolution.")),
     ("--download", dict(action="store_true", default=False,
@@ -94,6 +96,9 @@ NEW_FLAGS = (
 )
 FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
 _TABLE = dict(FLAGS)
+# `--help` groups the flags as: the original's, this package's additions, and those of distributed
+# runs (torchrun), which are the entries of NEW_FLAGS named here.
+DISTRIBUTED_FLAGS = ("--dist-timeout",)
 
 
 def field_name(flag: str) -> str:
@@ -168,8 +173,10 @@ class RunConfig:
 _FIELDS = tuple(field_name(flag) for flag, _ in FLAGS)
 
 
-def resolve_device(config: RunConfig) -> torch.device:
+def resolve_device(config: RunConfig) -> "torch.device":
     """--device, else cuda when there is one and --cpu is not given, else cpu."""
+    import torch
+
     if config.device:
         return torch.device(config.device)
     return torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
@@ -196,6 +203,14 @@ def _type_problem(flag: str, value) -> Optional[str]:
 
 def _first_problem(c: RunConfig) -> Optional[str]:
     """None if the config makes a valid run, else the first problem, in one sentence."""
+    import torch  # here, not at the top: the flag table must load without torch
+
+    from stllr_kernels.backends import unavailable_reason as backend_unavailable_reason
+    from stllr_kernels.config import check_factors
+
+    from .data import DATASETS
+    from .models import ARCHS
+
     for flag in _TABLE:  # what argparse checks for the command line, here for Python callers too
         problem = _type_problem(flag, getattr(c, field_name(flag)))
         if problem:

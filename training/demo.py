@@ -4,14 +4,26 @@
 
 Each run is an ordinary `python -m training` process (the commands are printed), so its peak memory
 is its own; by default the two run at the same time, one CPU thread each (`--sequential`: one
-after the other). Prints a table (best and final test accuracy, seconds per training epoch, peak memory)
-and writes save-path/demo.png with both runs' curves.
+after the other). Prints a table and writes it to save-path/demo.md (with the machine and the
+command) and save-path/demo.csv, and both runs' curves to save-path/demo.png. `--record` also
+copies the three files to benchmarks/results/digits_demo.{md,csv,png}, the figures the README and
+docs quote (`python -m benchmarks.quote` writes them there).
+
+The table's columns, per run: the best test accuracy over the epochs and the epoch it was reached
+(the accuracy of the best-model file, trial_1_model_best.pth.tar), the final epoch's test accuracy,
+seconds per training epoch, and memory.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +40,47 @@ RUNS = {
     "S-TLLR": ["--arch", "digits_stllr", "--training-mode", "stllr"],
     "BPTT": ["--arch", "digits_bptt", "--training-mode", "bptt"],
 }
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+RECORD_NAME = "digits_demo"  # --record writes RESULTS/digits_demo.{md,csv,png}
+# demo.csv's columns, one row per run (benchmarks.quote reads them)
+COLUMNS = ("run", "best_acc1", "best_epoch", "final_acc1", "seconds_per_epoch", "saved_for_backward_peak_mb",
+           "peak_memory_mb", "run_seconds")
+HEADER = ("| run | best test acc (%) | best epoch | final test acc (%) | s / train epoch | "
+          "peak saved for backward (MB) | peak process memory (MB) | run time (s) |")
+
+
+def table(rows) -> str:
+    """The markdown table of demo.csv's rows (dicts of COLUMNS, as strings or numbers)."""
+    lines = [HEADER, "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {float(r['best_acc1']):.2f} | {int(r['best_epoch'])} | "
+                     f"{float(r['final_acc1']):.2f} | {float(r['seconds_per_epoch']):.2f} | "
+                     f"{float(r['saved_for_backward_peak_mb']):.2f} | {float(r['peak_memory_mb']):.0f} | "
+                     f"{float(r['run_seconds']):.1f} |")
+    return "\n".join(lines)
+
+
+def machine(load_at_start: str, backend: str, threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "?"
+    return (f"{os.cpu_count()}-core {cpu}, {threads} thread(s) per run, torch {torch_version}, S-TLLR backend "
+            f"{backend}, load average at start {load_at_start}, "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d} (UTC)")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def main(argv=None) -> int:
@@ -37,11 +90,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per run (tiny models run fastest on one)")
     parser.add_argument("--sequential", action="store_true", help="run S-TLLR, then BPTT")
+    parser.add_argument("--record", action="store_true",
+                        help=f"also copy the results to benchmarks/results/{RECORD_NAME}.{{md,csv,png}}")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="further flags for both runs, e.g. --extra --device cuda")
     args = parser.parse_args(argv)
+    load_at_start = _load()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    rows, histories, procs = [], {}, {}
+    rows, histories, procs, backends = [], {}, {}, {}
     start = time.perf_counter()
     for name, flags in RUNS.items():
         out = os.path.join(args.save_path, name.lower().replace("-", ""))
@@ -62,22 +118,37 @@ def main(argv=None) -> int:
             summary = json.load(f)
         trial, wall = summary["trials"][0], summary["run_seconds"]
         histories[name] = {c: np.load(os.path.join(out, f"trial_1_{c}.npy")).tolist() for c in CURVES}
-        rows.append((name, trial["best_acc1"], trial["final_acc1"], trial["seconds_per_epoch"],
-                     trial["saved_for_backward_peak_mb"], trial["peak_memory_mb"], wall))
+        val = histories[name]["val_acc"]
+        rows.append(dict(run=name, best_acc1=trial["best_acc1"], best_epoch=val.index(max(val)) + 1,
+                         final_acc1=trial["final_acc1"], seconds_per_epoch=trial["seconds_per_epoch"],
+                         saved_for_backward_peak_mb=trial["saved_for_backward_peak_mb"],
+                         peak_memory_mb=trial["peak_memory_mb"], run_seconds=wall))
+        with open(os.path.join(out, "log.log")) as f:
+            found = re.search(r"device \S+, backend (\S+)", f.read())
+        backends[name] = found.group(1) if found else "?"
     total = time.perf_counter() - start
     plot_path = os.path.join(args.save_path, "demo.png")
     plot_curves(histories, plot_path, title=f"Digits (8x8, T=20 rate-coded), {args.epochs} epochs")
-    lines = ["| run | best test acc (%) | final test acc (%) | s / train epoch | peak saved for backward (MB) "
-             "| peak process memory (MB) | run time (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {n} | {b:.2f} | {f:.2f} | {s:.2f} | {sv:.2f} | {m:.0f} | {w:.1f} |"
-              for n, b, f, s, sv, m, w in rows]
-    table = "\n".join(lines)
-    print(table)
-    print(f"total {total:.1f} s. Saved for backward: peak bytes autograd held during a training batch. "
-          f"Process memory: peak RSS on CPU (mostly the torch runtime), torch.cuda.max_memory_allocated "
-          f"on a GPU. Plot: {plot_path}")
+    text = table(rows)
+    notes = (f"Total {total:.1f} s. Best: the highest test accuracy over the epochs (the best-model file's); "
+             "final: the last epoch's. Saved for backward: peak bytes autograd held during a training batch. "
+             "Process memory: peak RSS on CPU (mostly the torch runtime), torch.cuda.max_memory_allocated "
+             "on a GPU.")
+    print(text)
+    print(notes, f"Plot: {plot_path}")
+    command = " ".join(["python -m training.demo", *(sys.argv[1:] if argv is None else argv)])
     with open(os.path.join(args.save_path, "demo.md"), "w") as f:
-        f.write(table + f"\n\ntotal {total:.1f} s\n")
+        f.write(f"# Digits demo: S-TLLR vs BPTT\n\nCommand: `{command}` (both runs' commands are printed by "
+                f"the demo).\nMachine: {machine(load_at_start, backends['S-TLLR'], args.threads)}; load average "
+                f"at the end {_load()}.\n\n{text}\n\n{notes}\n")
+    with open(os.path.join(args.save_path, "demo.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    if args.record:
+        for ext in ("md", "csv", "png"):
+            shutil.copyfile(os.path.join(args.save_path, f"demo.{ext}"), os.path.join(RESULTS, f"{RECORD_NAME}.{ext}"))
+        print(f"recorded in {RESULTS}/{RECORD_NAME}.{{md,csv,png}}; `python -m benchmarks.quote` updates the docs")
     return 0
 
 

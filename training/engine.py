@@ -1,4 +1,4 @@
-"""One batch and one epoch of training or evaluation (SPEC section 6).
+"""One batch and one epoch of training or evaluation (docs/rule.md section 6).
 
 The training modes differ only in when losses are taken and when the optimizer steps. A time step
 whose backward is not the last of its optimizer step runs, forward and backward, inside

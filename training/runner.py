@@ -138,6 +138,7 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
     summary = {"arch": config.arch, "dataset": config.dataset, "training_mode": config.training_mode,
                "step_mode": config.step_mode, "device": str(device),
                "trials": list(resume["finished_trials"]) if resume else []}
+    summary["flags"] = run_flags.values(config)  # what `python -m training.report` reads (feedback, delay-ls)
     overrides = list(resume["overrides"]) if resume else []
     for trial in range(first_trial, config.trials + 1):
         ckpt.seed_everything(config.seed + trial - 1)

@@ -1,4 +1,4 @@
-"""The shapes of the GPU check: the paper's (SPEC section 7) on a GPU, tiny ones in the interpreter
+"""The shapes of the GPU check: the paper's (docs/rule.md section 7) on a GPU, tiny ones in the interpreter
 (where `cases=1` also keeps only the first case of the timing stages: its timings mean nothing)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Backend registry: one place chooses which implementation of the op set runs.
 
-Every backend is a module `stllr_kernels.backends.<module>` exposing the ops of DESIGN.md with the
+Every backend is a module `stllr_kernels.backends.<module>` exposing the ops of docs/design.md with the
 signatures of `stllr_kernels.reference` and a function `unavailable_reason(name, device_type)` that returns
 None when it can run on that device type, else a sentence saying why not. A backend chosen by `auto`
 that cannot load is skipped quietly; one asked for by name fails loudly with that sentence.

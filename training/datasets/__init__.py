@@ -1,4 +1,4 @@
-"""The paper's three datasets (SPEC section 7), read through tonic, framed once and cached on disk.
+"""The paper's three datasets (docs/rule.md section 7), read through tonic, framed once and cached on disk.
 
 What each dataset is (classes, input shape, steps, files, archives) is stated once, in `catalog`.
 Each module exposes `build(args, train) -> torch.utils.data.Dataset` of (frames float32 [T, ...],

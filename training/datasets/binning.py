@@ -1,5 +1,5 @@
 """Events -> count frames, with the slicing rules of tonic 1.4.3 (the version the original pinned),
-written out here so that a newer tonic cannot change the paper's inputs (SPEC section 7.1).
+written out here so that a newer tonic cannot change the paper's inputs (docs/rule.md section 7.1).
 
 Events are tonic's structured arrays (fields t, x, p and, for cameras, y), sorted by t.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
-# --frames: how events become frames. "original": the tensors of the original code (SPEC 7.1);
+# --frames: how events become frames. "original": the tensors of the original code (docs/rule.md section 7.1);
 # "counts": plain event counts at the network's resolution (this package's earlier encoding).
 ENCODINGS = ("original", "counts")
 DEFAULT_ENCODING = "original"

@@ -2,7 +2,7 @@
 
 tonic's CIFAR10DVS reads the .aedat4 files (channel = tonic's polarity p). Split, as the original:
 per class, the files with index 0-899 in their name (cifar10_<class>_<index>.aedat4) train,
-900-999 test. Frames per `--frames` (SPEC section 7.1):
+900-999 test. Frames per `--frames` (docs/rule.md section 7.1):
 - original (default): 10 frames of N // 10 consecutive events (the last takes the remainder),
   counted at 128x128; each becomes an 8-bit image by x255 with wrap-around modulo 256 (any event ->
   about 1), resized to 48x48 as a luminance + alpha image (channel 0 premultiplied by channel 1,

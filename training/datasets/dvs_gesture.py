@@ -1,6 +1,6 @@
 """IBM DVS Gesture: 11 hand and arm gestures seen by a 128x128 event camera.
 
-tonic's DVSGesture reads its preprocessed .npy release. Frames per `--frames` (SPEC section 7.1):
+tonic's DVSGesture reads its preprocessed .npy release. Frames per `--frames` (docs/rule.md section 7.1):
 - original (default), as the original code builds them: int16 event counts of 75 ms at 128x128
   (two polarities, the incomplete last bin dropped), each frame resized to 32x32 by antialiased
   bilinear interpolation and rounded back to integers (a rounded weighted mean: weak activity

@@ -1,4 +1,4 @@
-"""The two image resizes of the original pipelines (SPEC section 7.1), in torch.
+"""The two image resizes of the original pipelines (docs/rule.md section 7.1), in torch.
 
 torchvision does not import beside this project's torch, so its two code paths are re-stated:
 

@@ -1,7 +1,7 @@
 """Spiking Heidelberg Digits: 20 spoken digits as spikes of 700 cochlea channels.
 
 tonic's SHD reads the .h5 file (spike times in microseconds). Frames are spike counts per channel
-in 10 ms bins (`--frames`, SPEC section 7.1):
+in 10 ms bins (`--frames`, docs/rule.md section 7.1):
 - original (default): one 1 s slice from the recording's first spike, binned from that spike with
   the incomplete last bin dropped: at most 99 frames (batches are padded to their longest sample);
 - counts: 100 bins of [k*10 ms, (k+1)*10 ms) from t = 0, spikes after 1 s left out.

@@ -70,7 +70,7 @@ def data_root(args) -> str:
 
 
 def encoding(args) -> str:
-    """--frames: "original" (the original code's tensors, SPEC 7.1) or "counts"."""
+    """--frames: "original" (the original code's tensors, docs/rule.md section 7.1) or "counts"."""
     return check_encoding(getattr(args, "frames", None) or DEFAULT_ENCODING)
 
 

@@ -1,6 +1,6 @@
 """The interface every architecture implements, so that the engine treats them all alike.
 
-Two explicit modes (SPEC section 6):
+Two explicit modes (docs/rule.md section 6):
   - `model.step(x)`: one time step x [B, *input_shape] -> logits [B, classes]; the states carry
     over to the next call until `reset_states()`.
   - `model.sequence(x, loss_steps)`: a whole sequence x [T, B, *input_shape] -> logits

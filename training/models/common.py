@@ -1,5 +1,5 @@
 """Pieces every architecture shares: the --activation table, initialisation, pooling over
-[B, ...] or [T, B, ...] inputs, and the DFA / sDFA feedback hooks (SPEC section 5)."""
+[B, ...] or [T, B, ...] inputs, and the DFA / sDFA feedback hooks (docs/rule.md section 5)."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,7 @@ from stllr_kernels.nn import Conv2dSTLLR, LinearSTLLR
 
 @dataclass(frozen=True)
 class Activation:
-    """What one of the original's --activation names means here (SPEC section 3)."""
+    """What one of the original's --activation names means here (docs/rule.md section 3)."""
 
     psi: str                      # Psi of the S-TLLR layers and surrogate of the BPTT LIF
     post: str = "psi"             # "spike": the post trace accumulates spikes (GradNormOut)
@@ -53,7 +53,7 @@ def surrogate_psi(activation: str) -> str:
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out for convs, fan_in for linears), zero biases (SPEC section 7)."""
+    """Kaiming-normal (fan_out for convs, fan_in for linears), zero biases (docs/rule.md section 7)."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, Conv2dSTLLR)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,4 +1,4 @@
-"""The SHD networks (SPEC section 7): 700 inputs, one recurrent layer of 450, a leaky readout."""
+"""The SHD networks (docs/rule.md section 7): 700 inputs, one recurrent layer of 450, a leaky readout."""
 from __future__ import annotations
 
 from torch import Tensor

@@ -1,4 +1,4 @@
-"""The VGG of the DVS Gesture and CIFAR10-DVS runs (SPEC section 7), S-TLLR and BPTT.
+"""The VGG of the DVS Gesture and CIFAR10-DVS runs (docs/rule.md section 7), S-TLLR and BPTT.
 
 Eight 3x3 convs (64, 128, pool, 256, 256, pool, 512, 512, pool, 512, 512), each followed by its
 neuron and a per-sequence dropout, then global average pooling and a linear layer whose output at
@@ -58,7 +58,7 @@ class VGGSTLLR(SpikingModel):
 class VGGBPTT(SpikingModel):
     """Standardized convs + LIF with a surrogate gradient, full autograd through time.
 
-    As in the original's BPTT VGG (SPEC section 7.1): every block runs conv -> LIF -> dropout ->
+    As in the original's BPTT VGG (docs/rule.md section 7.1): every block runs conv -> LIF -> dropout ->
     pool, the pooling is average pooling whatever --pooling says, and the classifier's bias keeps
     PyTorch's default initialisation (the other weights: kaiming-normal, zero biases).
     """

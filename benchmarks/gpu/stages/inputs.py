@@ -7,7 +7,7 @@ from stllr_kernels import reference as R
 from stllr_kernels.config import RuleConfig
 
 F32 = torch.float32
-FACTORS = (0.5, 0.8, -0.2, 1.0)  # lambda_post, lambda_pre, alpha_post, alpha_pre (SPEC's defaults)
+FACTORS = (0.5, 0.8, -0.2, 1.0)  # lambda_post, lambda_pre, alpha_post, alpha_pre (docs/rule.md section 4)
 
 
 def rule(psi="fast_sigmoid", reset="soft", post="psi") -> RuleConfig:

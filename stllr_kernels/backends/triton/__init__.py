@@ -1,4 +1,4 @@
-"""The `triton` backend: fused Triton kernels for every op of DESIGN.md, one module per op family.
+"""The `triton` backend: fused Triton kernels for every op of docs/design.md, one module per op family.
 
 Runs on CUDA GPUs; on a CPU only in Triton's interpreter (TRITON_INTERPRET=1 set before this package
 is imported), which is how the tests check it. Importing this package never fails: without Triton the

@@ -32,7 +32,7 @@ PSI_SIGMOID: tl.constexpr = tl.constexpr(PSI_CODES["sigmoid"])
 
 @triton.jit
 def psi_of(u, PSI: tl.constexpr):
-    """Psi(u) of SPEC section 3, chosen at compile time by its code in psi.PSI_CODES."""
+    """Psi(u) of docs/rule.md section 3, chosen at compile time by its code in psi.PSI_CODES."""
     if PSI == PSI_FAST_SIGMOID:
         d = 1.0 + 100.0 * tl.abs(u)
         out = 1.0 / (d * d)
@@ -47,7 +47,7 @@ def psi_of(u, PSI: tl.constexpr):
 @triton.jit
 def lif_update(cur, v, tr, beta, theta, lambda_post, PSI: tl.constexpr, SOFT_RESET: tl.constexpr,
                POST_SPIKE: tl.constexpr):
-    """One LIF step of SPEC section 1 on registers: returns (s, v+, trpost, psi), all in v's dtype.
+    """One LIF step of docs/rule.md section 1 on registers: returns (s, v+, trpost, psi), all in v's dtype.
 
     Same operations in the same order as reference.lif_step, so spikes match it exactly.
     """

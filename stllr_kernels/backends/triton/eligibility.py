@@ -1,4 +1,4 @@
-"""The S-TLLR eligibility backward of a linear layer (DESIGN op 3) and a conv2d layer (op 4).
+"""The S-TLLR eligibility backward of a linear layer (docs/design.md, op 3) and a conv2d layer (op 4).
 
 linear_backward, one GEMM over the batch:
 

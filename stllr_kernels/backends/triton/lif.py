@@ -1,5 +1,5 @@
-"""lif_step (one LIF time step with the post trace, one pass over the neurons: DESIGN op 1) and
-lif_sequence (all T steps of a layer in one launch, the state in registers: DESIGN op 5)."""
+"""lif_step (one LIF time step with the post trace, one pass over the neurons: docs/design.md, op 1) and
+lif_sequence (all T steps of a layer in one launch, the state in registers: docs/design.md, op 5)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""pre_trace and trace_sequence: trace = decay * trace + x (DESIGN op 2, and its sequence form)."""
+"""pre_trace and trace_sequence: trace = decay * trace + x (docs/design.md, op 2, and its sequence form)."""
 from __future__ import annotations
 
 import torch
