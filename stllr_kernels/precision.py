@@ -30,8 +30,6 @@ from torch import Tensor
 
 from .reference import state_dtype
 
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
 
 def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     """The dtype autocast runs lower-precision ops in on this device type; None when it is off."""
@@ -82,12 +80,6 @@ def readout_dtype(weight: Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def gemm_operand_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The operand dtype of a backward GEMM (eligibility, dx) for inputs of `dtype` on tensor cores:
-    bfloat16 stays bfloat16 (float32 accumulation); float16 and float32 run in float32."""
-    return dtype if dtype == torch.bfloat16 else state_dtype(dtype)
-
-
 def without_autocast(method):
     """For an autograd Function's forward / backward: run with autocast off on the device of the
     first tensor argument. The policy casts explicitly (cast_input, like_input); autocast inside
@@ -96,9 +88,11 @@ def without_autocast(method):
 
     @functools.wraps(method)
     def run(ctx, *args):
-        tensor = next((a for a in args if isinstance(a, Tensor)), None)
-        if tensor is None or not torch.is_autocast_enabled(tensor.device.type):
-            return method(ctx, *args)
-        with torch.autocast(tensor.device.type, enabled=False):
-            return method(ctx, *args)
+        for arg in args:
+            if isinstance(arg, Tensor):
+                if torch.is_autocast_enabled(arg.device.type):
+                    with torch.autocast(arg.device.type, enabled=False):
+                        return method(ctx, *args)
+                break
+        return method(ctx, *args)
     return run
