@@ -419,6 +419,36 @@ def test_a_bfloat16_model_returns_bfloat16_from_every_layer(name):
                     assert value is None or value.dtype == torch.float32, (type(module).__name__, state)
 
 
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+def test_backward_inside_autocast_gives_the_same_gradients(name):
+    """The Functions run their backward with autocast off: calling backward() inside the autocast
+    region (against torch's advice, but common) changes nothing."""
+    if unavailable_reason(name, "cpu"):
+        pytest.skip(unavailable_reason(name, "cpu"))
+    stack, xs = Stack(), sparse_inputs(4, 3, (12,))
+    grads = []
+    for inside in (False, True):
+        model = copy.deepcopy(stack)
+        with backend(name):
+            reset_states(model)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(xs, 2)
+                if inside:
+                    out[2:].sum().backward()
+            if not inside:
+                out[2:].sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for pname, grad in grads[0].items():
+        assert torch.equal(grads[1][pname], grad), pname
+
+
+def test_float64_is_left_alone_by_autocast():
+    layer = LinearSTLLR(4, 3).double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(torch.rand(2, 4, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_dtype_errors_say_what_to_do():
     layer = LinearSTLLR(4, 3)
     with pytest.raises(TypeError, match="outside torch.autocast"):
