@@ -48,8 +48,11 @@ def _target(device: str, dtype: torch.dtype, name: str):
                         marks=pytest.mark.skipif(reason is not None, reason=str(reason)))
 
 
-# (device, autocast dtype, backend): each runs against the torch backend on that device
+# (device, autocast dtype, backend): each runs against the torch backend on that device. float16
+# autocast runs on a CPU too (the command line offers it on CUDA only): the cpu backend's float16
+# paths are checked here, the GPU's by the CUDA cases
 TARGETS = ([_target("cpu", torch.bfloat16, name) for name in ("torch", "cpu", "triton")]
+           + [_target("cpu", torch.float16, "cpu")]
            + [_target("cuda", dtype, name) for dtype in (torch.bfloat16, torch.float16)
               for name in ("torch", "cuda", "triton")])
 
