@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .backends import get_ops
 from .config import RuleConfig
+from .precision import like_input, without_autocast
 from .reference import current_conv, current_linear
 
 
@@ -102,10 +103,11 @@ class STLLRStep(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_autocast
     def forward(ctx, x, weight, gain, bias, std: Standardized, v, trpost, trpre, beta, theta,
                 cfg: RuleConfig, conv: Optional[ConvGeometry]):
         ops = get_ops(x.device)
-        current = _current(x, std.weight, bias, conv)
+        current = _current(x, *like_input(x, std.weight, bias), conv)
         trpre_new = ops.pre_trace(trpre, x, cfg.lambda_pre)
         s, v_new, trpost_new, psi = ops.lif_step(current, v, trpost, beta, theta, cfg)
         causal = s if cfg.post == "spike" else None
@@ -116,6 +118,7 @@ class STLLRStep(torch.autograd.Function):
         return s, v_new, trpost_new, trpre_new
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_s, _grad_v, _grad_trpost, _grad_trpre):
         if grad_s is None:
             return (None,) * 12
@@ -139,11 +142,12 @@ class STLLRSequence(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_autocast
     def forward(ctx, x_seq, weight, gain, bias, std: Standardized, v, trpost, trpre, beta, theta,
                 cfg: RuleConfig, conv: Optional[ConvGeometry], save_from: int):
         ops = get_ops(x_seq.device)
         T, B = x_seq.shape[:2]
-        currents = _current(x_seq.flatten(0, 1), std.weight, bias, conv)
+        currents = _current(x_seq.flatten(0, 1), *like_input(x_seq, std.weight, bias), conv)
         currents = currents.view(T, B, *currents.shape[1:])
         trpre_saved, trpre_new = ops.trace_sequence(x_seq, trpre, cfg.lambda_pre, save_from)
         s_seq, v_new, trpost_new, psi_saved, trpost_prev_saved = ops.lif_sequence(
@@ -157,6 +161,7 @@ class STLLRSequence(torch.autograd.Function):
         return s_seq, v_new, trpost_new, trpre_new
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_s_seq, _grad_v, _grad_trpost, _grad_trpre):
         if grad_s_seq is None:
             return (None,) * 13
@@ -195,6 +200,7 @@ class RecurrentSTLLR(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_autocast
     def forward(ctx, x_seq, weight, gain, bias, weight_rec, gain_rec, std: Standardized,
                 std_rec: Standardized, s_prev, v, trpost, trpre, trrec, beta, theta, cfg: RuleConfig,
                 save_from: int):
@@ -202,8 +208,8 @@ class RecurrentSTLLR(torch.autograd.Function):
         ctx.reverse = reverse_time_pays(x_seq.shape[0] - save_from)
         # the reverse-time backward needs the traces of the first loss step only
         (s_seq, v_new, trpost_new, trpre_new, trrec_new, psi, trpost_prev, trpre_saved, s_prev_saved,
-         trrec_prev) = ops.recurrent_sequence(x_seq, std.weight, bias, std_rec.weight, s_prev, v, trpost,
-                                              trpre, trrec, beta, theta, cfg, save_from, ctx.reverse)
+         trrec_prev) = ops.recurrent_sequence(x_seq, *like_input(x_seq, std.weight, bias, std_rec.weight), s_prev,
+                                              v, trpost, trpre, trrec, beta, theta, cfg, save_from, ctx.reverse)
         causal = s_seq[save_from:] if cfg.post == "spike" else None
         if ctx.reverse:
             trpre_saved, trrec_prev = trpre_saved[0], trrec_prev[0]
@@ -216,6 +222,7 @@ class RecurrentSTLLR(torch.autograd.Function):
         return s_seq, v_new, trpost_new, trpre_new, trrec_new
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_s_seq, *_grad_states):
         if grad_s_seq is None:
             return (None,) * 17
@@ -251,9 +258,10 @@ class ReadoutSTLLR(torch.autograd.Function):
     """
 
     @staticmethod
+    @without_autocast
     def forward(ctx, x_seq, weight, bias, v, trpre, beta, lambda_pre: float, save_from: int):
         v_seq, trpre_new, trpre_saved = get_ops(x_seq.device).readout_sequence(
-            x_seq, weight, bias, v, trpre, beta, lambda_pre, save_from)
+            x_seq, *like_input(x_seq, weight, bias), v, trpre, beta, lambda_pre, save_from)
         ctx.save_for_backward(x_seq[save_from:], trpre_saved, weight)
         ctx.has_bias, ctx.save_from, ctx.x_shape = bias is not None, save_from, x_seq.shape
         ctx.mark_non_differentiable(trpre_new)
@@ -261,6 +269,7 @@ class ReadoutSTLLR(torch.autograd.Function):
         return v_seq, trpre_new
 
     @staticmethod
+    @without_autocast
     def backward(ctx, grad_v_seq, _grad_trpre):
         if grad_v_seq is None:
             return (None,) * 8

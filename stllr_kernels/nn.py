@@ -25,6 +25,7 @@ from .config import (DEFAULT_LEAK, DEFAULT_PSI_CONV, DEFAULT_PSI_LINEAR, DEFAULT
                      RuleConfig)
 from .functional import (ConvGeometry, ReadoutSTLLR, RecurrentSTLLR, Standardized, STLLRSequence,
                          STLLRStep)
+from .precision import cast_input, check_input_dtype, readout_dtype
 from .psi import apply_psi, check_psi, check_reset
 from .reference import beta_of, standardize, standardize_weight, state_dtype, theta_of
 
@@ -77,12 +78,7 @@ def _check_input(layer: nn.Module, x, feature_shape: Sequence[Optional[int]]) ->
     if x.device != weight.device:
         raise ValueError(f"{cls}: input x is on {x.device} but the layer's weight is on {weight.device}; "
                          f"move one of them (.to(device))")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"{cls}: input x has dtype {x.dtype} but the layer's weight has {weight.dtype}")
-    if x.dtype == torch.float16:
-        raise TypeError(f"{cls}: dtype torch.float16 is not supported: learning signals below float16's "
-                        f"range (about 6e-5) would vanish in the eligibility products; use torch.bfloat16 "
-                        f"(same range as float32) or torch.float32")
+    check_input_dtype(cls, x, weight)
     n = len(feature_shape)
     wrong_rank = x.dim() not in (n + 1, n + 2)
     if wrong_rank or any(want is not None and got != want
@@ -208,6 +204,7 @@ class LinearSTLLR(_STLLRMixin, nn.Linear):
 
     def forward(self, x: Tensor, loss_steps: Optional[int] = None) -> Tensor:
         sequence = _check_input(self, x, (self.in_features,))
+        x = cast_input(x, self.weight)
         batch = x.shape[1] if sequence else x.shape[0]
         beta, theta = self._beta_theta()
         v = self._state("v", (batch, self.out_features), x)
@@ -219,7 +216,7 @@ class LinearSTLLR(_STLLRMixin, nn.Linear):
                                                  self.rule.lambda_pre, save_from)
             out = out if sequence else out.view(out.shape[1:])  # a view: no op, and none in the backward
             self.v = (out[-1] if sequence else out).detach()
-            return out
+            return out.to(readout_dtype(self.weight))
         trpost = self._state("trpost", (batch, self.out_features), x)
         std = self._standardized(self.weight, self.gain)
         if sequence:
@@ -264,6 +261,7 @@ class LinearRecSTLLR(LinearSTLLR):
         """One step x [B, K] or a sequence x [T, B, K] (then one input GEMM over all T, the
         recurrence stepped inside one op, and one eligibility GEMM per weight over the loss steps)."""
         sequence = _check_input(self, x, (self.in_features,))
+        x = cast_input(x, self.weight)
         x_seq = x if sequence else x.unsqueeze(0)
         save_from = _save_from(x_seq, loss_steps if sequence else None)
         batch = x_seq.shape[1]
@@ -316,6 +314,7 @@ class Conv2dSTLLR(_STLLRMixin, nn.Conv2d):
 
     def forward(self, x: Tensor, loss_steps: Optional[int] = None) -> Tensor:
         sequence = _check_input(self, x, (self.in_channels, None, None))
+        x = cast_input(x, self.weight)
         batch, _, height, width = x.shape[-4:]
         out_hw = self.output_shape(height, width)
         if min(out_hw) < 1:
@@ -509,5 +508,6 @@ class LeakyReadout(_Stateful, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         current = self.fc(x)
+        current = current.to(state_dtype(current.dtype))  # the membrane stays in the state dtype
         self.v = current if self.v is None else beta_of(self.leak) * self.v + current
-        return self.v
+        return self.v.to(readout_dtype(self.fc.weight))

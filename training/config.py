@@ -93,6 +93,10 @@ NEW_FLAGS = (
     ("--dist-timeout", dict(type=float, default=10.0, metavar="MINUTES",
                             help="Distributed runs: a collective that waits longer than this (a hung "
                                  "process) fails the job.")),
+    ("--precision", dict(type=str, default="32", choices=["32", "bf16-mixed", "16-mixed"],
+                         help="32: float32. bf16-mixed: the forward under torch.autocast in bfloat16 (CPU or "
+                              "CUDA). 16-mixed: float16 autocast with a GradScaler (CUDA only). Membrane, "
+                              "traces and gradients stay float32 (docs/precision.md).")),
 )
 FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
 _TABLE = dict(FLAGS)
@@ -148,6 +152,7 @@ class RunConfig:
     frames: str = _default("--frames")
     download: bool = _default("--download")
     dist_timeout: float = _default("--dist-timeout")
+    precision: str = _default("--precision")
 
     def __post_init__(self):
         for name in ("factors_stdp", "override"):  # lists from argparse or a caller: stored immutable
@@ -208,6 +213,7 @@ def _first_problem(c: RunConfig) -> Optional[str]:
     from stllr_kernels.backends import unavailable_reason as backend_unavailable_reason
     from stllr_kernels.config import check_factors
 
+    from . import precision
     from .data import DATASETS
     from .models import ARCHS
 
@@ -280,5 +286,5 @@ def _first_problem(c: RunConfig) -> Optional[str]:
         reason = backend_unavailable_reason(c.backend, resolve_device(c).type)
         if reason:
             return f"--backend {c.backend}: {reason}"
-    return None
+    return precision.problem(c.precision, resolve_device(c).type)
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .guard import FiniteGuard
 from .interrupts import NEVER, StopFlag
 from .models.common import one_hot
+from .precision import full
 
 TRAINING_MODES = ("stllr_online", "stllr", "bptt")
 STEP_MODES = ("online", "sequence")
@@ -85,12 +86,27 @@ class Trainer:
     delay_ls: int = 5
     sync_context: Callable[[bool], ContextManager] = field(default=no_sync_context)
     meter: Optional["SavedTensorMeter"] = None
+    # --precision (training.precision): the context of the model's forward, and the GradScaler of 16-mixed
+    autocast: Callable[[], ContextManager] = field(default=contextlib.nullcontext)
+    scaler: Optional["torch.amp.GradScaler"] = None
+
+    def run_model(self, call, *args) -> Tensor:
+        """model.step / model.sequence under --precision's autocast; logits in float32 at least."""
+        with self.autocast():
+            return full(call(*args))
 
     def backward(self, loss: Tensor, last: bool) -> None:
         with self.sync_context(last):
-            loss.backward()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         if self.meter is not None:
             self.meter.released()
+
+    def optimizer_step(self) -> None:
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when a gradient is not finite, and adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
 
     def train_batch(self, x: Tensor, labels: Tensor) -> Tensor:
         """Train on one batch x [T, B, ...]; returns the prediction sum_t out_t [B, C] (detached)."""
@@ -102,18 +118,18 @@ class Trainer:
         if self.training_mode == "bptt":
             opt.zero_grad(set_to_none=True)
             if self.step_mode == "sequence":
-                pred = model.sequence(x, T).sum(0)
+                pred = self.run_model(model.sequence, x, T).sum(0)
             else:
-                pred = sum(model.step(x[t]) for t in range(T))
+                pred = sum(self.run_model(model.step, x[t]) for t in range(T))
             self.backward(self.loss(pred, labels), last=True)
-            opt.step()
+            self.optimizer_step()
             return pred.detach()
         if self.training_mode == "stllr" and self.step_mode == "sequence":
             opt.zero_grad(set_to_none=True)
-            out = model.sequence(x, T - first_loss)
+            out = self.run_model(model.sequence, x, T - first_loss)
             if first_loss < T:
                 self.backward(loss_over_steps(self.loss, out[first_loss:], labels), last=True)
-            opt.step()
+            self.optimizer_step()
             return out.detach().sum(0)
         online = self.training_mode == "stllr_online"
         if not online:
@@ -123,27 +139,27 @@ class Trainer:
             last = online or t == T - 1
             # DDP decides at the forward whether the next backward syncs: the context spans both
             with self.sync_context(last), torch.set_grad_enabled(t >= first_loss):
-                out = model.step(x[t])
+                out = self.run_model(model.step, x[t])
                 pred = pred + out.detach()
                 if t >= first_loss:
                     if online:
                         opt.zero_grad(set_to_none=True)
                     self.backward(self.loss(out, labels), last=True)
                     if online:
-                        opt.step()
+                        self.optimizer_step()
         if not online:
-            opt.step()
+            self.optimizer_step()
         return pred
 
 
 def predict(model: torch.nn.Module, x: Tensor, step_mode: str = "online") -> Tensor:
-    """Evaluation: sum_t out_t under no_grad."""
+    """Evaluation: sum_t out_t under no_grad (in float32 at least: see training.precision.full)."""
     with torch.no_grad():
         model.reset_states()
         model.feedback.set_target(None)
         if step_mode == "sequence":
-            return model.sequence(x, 0).sum(0)
-        return sum(model.step(x[t]) for t in range(x.shape[0]))
+            return full(model.sequence(x, 0)).sum(0)
+        return sum(full(model.step(x[t])) for t in range(x.shape[0]))
 
 
 class SavedTensorMeter:

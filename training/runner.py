@@ -24,6 +24,7 @@ from .errors import BackendError, CheckpointError, FlagError, RunDiverged, RunIn
 from .guard import FiniteGuard, NonFinite
 from .interrupts import StopRequested, stop_on_signals
 from .models import build_model
+from .precision import Precision
 from .records import CURVES, LOGGER_NAME, setup_logging, write_history
 
 
@@ -132,6 +133,7 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
     test_loader = make_loader(test_set, config.val_batch_size, False, workers,
                               sampler=test_sampler_fn(test_set) if test_sampler_fn else None)
     loss_fn = make_loss(config.loss, DATASETS[config.dataset].num_classes)
+    precision = Precision(config.precision, device.type)
     resume_path = os.path.join(config.save_path, ckpt.RESUME_NAME)
 
     first_trial = resume["trial"] if resume else 1
@@ -143,6 +145,7 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
     for trial in range(first_trial, config.trials + 1):
         ckpt.seed_everything(config.seed + trial - 1)
         model, optimizer, scheduler = setup_trial(config, device)
+        scaler = precision.make_scaler()
         if trial == 1 and is_main:
             log(f"Total Parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
             log(f"=== Model ===\n{model}")
@@ -155,6 +158,8 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
                 optimizer.load_state_dict(resume["optimizer"])
                 if scheduler is not None and resume["scheduler"] is not None:
                     scheduler.load_state_dict(resume["scheduler"])
+                if scaler is not None and resume.get("scaler"):  # absent: the run was not 16-mixed before
+                    scaler.load_state_dict(resume["scaler"])
             except (RuntimeError, KeyError, ValueError) as exc:
                 raise CheckpointError(f"--resume: {config.resume} does not fit this model or optimizer "
                                       f"({str(exc).strip().splitlines()[0][:160]})") from None
@@ -174,7 +179,8 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
         if config.trials > 1:
             log(f"\nIn trial {trial} of {config.trials}")
         train_model, sync = wrap_model(model) if wrap_model else (model, None)
-        trainer = Trainer(train_model, optimizer, loss_fn, config.training_mode, config.step_mode, config.delay_ls)
+        trainer = Trainer(train_model, optimizer, loss_fn, config.training_mode, config.step_mode, config.delay_ls,
+                          autocast=precision.autocast, scaler=scaler)
         if sync is not None:
             trainer.sync_context = sync
         if device.type == "cuda":
@@ -185,6 +191,7 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
             return {"arch": config.arch, "trial": trial, "epoch": epoch,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler else None,
+                    "scaler": scaler.state_dict() if scaler else None,
                     "rng": ckpt.rng_state(), "best_acc1": best, "history": history,
                     "flags": run_flags.values(config), "overrides": overrides,
                     "finished_trials": list(summary["trials"])}
@@ -205,8 +212,9 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
                 tr = reduce_result(tr)
                 log(f" @Training * Acc@1 {tr.acc1:.3f} Acc@5 {tr.acc5:.3f} Loss {tr.loss:.4e} ({tr.seconds:.1f} s, "
                     f"peak saved for backward {tr.saved_peak_mb:.1f} MB)")
-                te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=config.step_mode,
-                               desc="test", show_progress=is_main, stop=stop)
+                with precision.autocast():
+                    te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=config.step_mode,
+                                   desc="test", show_progress=is_main, stop=stop)
                 te = reduce_result(te)
                 log(f" @Testing * Acc@1 {te.acc1:.3f} Acc@5 {te.acc5:.3f} Loss {te.loss:.4e}")
                 # The end of the epoch: no interrupt is honoured inside it, and the checkpoint is

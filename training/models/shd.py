@@ -22,11 +22,11 @@ class SHDSTLLR(SpikingModel):
 
     input_shape, num_classes = SHD.frame_shape, SHD.num_classes
 
-    def __init__(self, activation: str, factors, feedback_mode: str = "BP"):
-        super().__init__(feedback_mode)
-        self.linear1 = LinearRecSTLLR(INPUTS, HIDDEN, leak=STLLR_LEAK, factors=factors, **stllr_psi(activation))
-        self.hook1 = FeedbackHook(self.feedback, (HIDDEN,))
-        self.last_layer = LinearSTLLR(HIDDEN, self.num_classes, accumulate=True, leak=READOUT_LEAK,
+    def __init__(self, activation: str, factors, feedback_mode: str = "BP", hidden: int = HIDDEN):
+        super().__init__(feedback_mode)  # hidden < HIDDEN: a narrower copy (quick tests)
+        self.linear1 = LinearRecSTLLR(INPUTS, hidden, leak=STLLR_LEAK, factors=factors, **stllr_psi(activation))
+        self.hook1 = FeedbackHook(self.feedback, (hidden,))
+        self.last_layer = LinearSTLLR(hidden, self.num_classes, accumulate=True, leak=READOUT_LEAK,
                                       factors=READOUT_FACTORS)
         init_weights(self)
 
@@ -45,10 +45,10 @@ class SHDBPTT(SpikingModel):
 
     input_shape, num_classes = SHD.frame_shape, SHD.num_classes
 
-    def __init__(self, feedback_mode: str = "BP"):
-        super().__init__(feedback_mode)
-        self.linear1 = LinearRecLIF(INPUTS, HIDDEN, leak=BPTT_LEAK, psi="fast_sigmoid")
-        self.last_layer = LeakyReadout(HIDDEN, self.num_classes, leak=READOUT_LEAK)
+    def __init__(self, feedback_mode: str = "BP", hidden: int = HIDDEN):
+        super().__init__(feedback_mode)  # hidden < HIDDEN: a narrower copy (quick tests)
+        self.linear1 = LinearRecLIF(INPUTS, hidden, leak=BPTT_LEAK, psi="fast_sigmoid")
+        self.last_layer = LeakyReadout(hidden, self.num_classes, leak=READOUT_LEAK)
         init_weights(self)
 
     def forward_step(self, x: Tensor) -> Tensor:
