@@ -136,7 +136,7 @@ def test_psi_functions_and_bptt_spike_of_nonfinite(name):
 
 # ----------------------------------------------------------------------------- whole S-TLLR layers
 
-STEPS, LOSS_STEPS, BATCH, FAULT_STEP, FAULT_SAMPLE = 4, 3, 3, 1, 1
+STEPS, LOSS_STEPS, FAULT_STEP = 4, 3, 1
 # name -> (factory, features of one input step); LOSS_STEPS = 3 runs the recurrent layer's
 # reverse-time backward in the time-fused mode (the forward-time one online)
 LAYERS = {
@@ -147,34 +147,41 @@ LAYERS = {
     "conv": (lambda: Conv2dSTLLR(2, 3, 3, padding=1, leak=0.0), (2, 5, 4)),
     "readout": (lambda: LinearSTLLR(9, 5, leak=5.0, accumulate=True, factors=(0.0, 0.99, 0.0, 1.0)), (9,)),
 }
-# what goes wrong, where: an input element, a weight, the membrane state, the learning signal
-FAULTS = ["nan_input", "inf_input", "neg_inf_input", "nan_weight", "inf_weight", "nan_membrane",
-          "nan_signal", "inf_signal"]
-FORWARD_FAULTS = ("nan_input", "inf_input", "neg_inf_input", "nan_membrane")
+# Samples are independent, so one run holds several faults, one per sample: "samples" puts a NaN,
+# a +inf and a -inf input element (at step FAULT_STEP) and a NaN membrane (from the start) into
+# samples 0-3, sample 4 stays clean; "weights" a NaN into the first weight of output row 0 and a
+# +inf into the last of the last row; "signal" a NaN learning signal (the gradient arriving at the
+# output) at neuron 0 of sample 0 and a +inf one at the last neuron of sample 1.
+SAMPLE_FAULTS = {0: NAN, 1: INF, 2: -INF}  # input faults by sample; sample 3: the membrane
+MEMBRANE_SAMPLE, CLEAN_SAMPLE = 3, 4
+FAULTS = ["samples", "weights", "signal"]
 
 
 def layer_case(kind: str, fault: str):
-    """A layer, its inputs [T, B, ...] and loss probe [T, B, ...] with `fault` in one of them (drawn
-    from the test's seed: the same for every backend)."""
+    """A layer, its inputs [T, B, ...] and loss probe [T, B, ...] and initial membrane (or None)
+    with `fault` (drawn from the test's seed: the same for every backend)."""
     make, features = LAYERS[kind]
     layer = make()
+    batch = 5 if fault == "samples" else 3
     with torch.no_grad():
         layer.weight.mul_(3.0)  # spikes at some steps and not at others
-        if fault in ("nan_weight", "inf_weight"):
-            layer.weight.view(-1)[0] = NAN if fault == "nan_weight" else INF
-    xs = (torch.rand(STEPS, BATCH, *features) < 0.5).float() * 2.0
-    if fault.endswith("_input"):
-        xs[(FAULT_STEP, FAULT_SAMPLE) + (0,) * len(features)] = {"nan": NAN, "inf": INF, "neg": -INF}[
-            fault.split("_")[0]]
+        if fault == "weights":
+            rows = layer.weight.flatten(1)
+            rows[0, 0], rows[-1, -1] = NAN, INF
+    xs = (torch.rand(STEPS, batch, *features) < 0.5).float() * 2.0
+    membrane = None
+    if fault == "samples":
+        for sample, value in SAMPLE_FAULTS.items():
+            xs[(FAULT_STEP, sample) + (0,) * len(features)] = value
     with torch.no_grad():
         out_shape = copy.deepcopy(layer)(xs[0]).shape
     probe = torch.randn(STEPS, *out_shape)
-    if fault.endswith("_signal"):
-        probe[STEPS - 2, FAULT_SAMPLE].view(-1)[0] = NAN if fault == "nan_signal" else INF
-    membrane = None
-    if fault == "nan_membrane":
+    if fault == "samples":
         membrane = torch.zeros(out_shape)
-        membrane[FAULT_SAMPLE].view(-1)[0] = NAN
+        membrane[MEMBRANE_SAMPLE].view(-1)[0] = NAN
+    if fault == "signal":
+        probe[STEPS - 2, 0].view(-1)[0] = NAN
+        probe[STEPS - 1, 1].view(-1)[-1] = INF
     return layer, xs, probe, membrane
 
 
@@ -208,6 +215,39 @@ def run_layer(layer, xs, probe, membrane, sequence: bool, backend_name: str, dev
     return outs.cpu(), torch.as_tensor(loss).cpu(), xs.grad.cpu(), grads
 
 
+def assert_follows_the_rule(kind: str, fault: str, out, loss, dx, grads):
+    """The rule, literally: each fault gives non-finite outputs (or .grad, for a learning signal)
+    where it reaches, and a non-finite loss; everything it does not reach stays finite."""
+    assert not loss.isfinite(), f"the loss stayed finite ({float(loss)})"
+    rows = grads["weight"].flatten(1)
+    if fault == "samples":
+        for sample in (*SAMPLE_FAULTS, MEMBRANE_SAMPLE):
+            start = 0 if sample == MEMBRANE_SAMPLE else FAULT_STEP
+            steps = out[:, sample].flatten(1)
+            assert steps[:start].isfinite().all(), f"sample {sample}: non-finite before its fault"
+            assert (~steps[start:].isfinite()).any(1).all(), \
+                f"sample {sample}: an output step after its fault stayed finite: {steps}"
+        assert out[:, CLEAN_SAMPLE].isfinite().all(), "the clean sample must stay finite"
+        # every S-TLLR weight gradient reads the pre trace (holding x) or Psi (NaN from the membrane)
+        assert not rows.isfinite().all(), "weight.grad stayed finite"
+    elif fault == "weights":
+        per_neuron = out.movedim(2, 0).flatten(1)  # [N or C_out, ...]
+        assert not per_neuron[0].isfinite().any(), "a NaN weight of neuron 0: all its outputs are NaN"
+        assert not per_neuron[0].isfinite().all() and not per_neuron[-1].isfinite().all()
+        if kind != "recurrent":  # the recurrent layer spreads a NaN spike to every neuron (W_rec)
+            assert per_neuron[1:-1].isfinite().all(), "the other neurons must stay finite"
+        if kind != "readout":  # the readout's dW = L^T trpre does not read W (nor does nn.Linear's)
+            assert not rows[0].isfinite().all() and not rows[-1].isfinite().all()
+    else:  # a non-finite learning signal: the forward untouched; weight.grad rows 0 and -1, dx
+        assert out.isfinite().all()
+        assert not rows[0].isfinite().all() and not rows[-1].isfinite().all(), "weight.grad stayed finite"
+        assert rows[1:-1].isfinite().all(), "a learning signal reaches only its own neuron's weights"
+        assert not dx[STEPS - 2, 0].isfinite().all() and not dx[STEPS - 1, 1].isfinite().all()
+        if "weight_rec" in grads:
+            rec = grads["weight_rec"]
+            assert not rec[0].isfinite().all() and not rec[-1].isfinite().all() and rec[1:-1].isfinite().all()
+
+
 _torch_runs: dict = {}  # the torch backend's run of each case, computed once for every other backend
 
 
@@ -216,34 +256,16 @@ _torch_runs: dict = {}  # the torch backend's run of each case, computed once fo
 @pytest.mark.parametrize("kind", list(LAYERS))
 def test_layer_propagates_nonfinite(target, kind, fault, sequence, seed):
     layer, xs, probe, membrane = layer_case(kind, fault)
-    got_out, got_loss, got_dx, got_grads = run_layer(layer, xs, probe, membrane, sequence, target.name,
-                                                     target.device)
-    # the rule, literally: the loss is non-finite ...
-    assert not got_loss.isfinite(), f"{fault}: the loss stayed finite ({float(got_loss)})"
-    if fault.endswith("_signal"):  # ... the forward is untouched, the signal reaches .grad
-        assert got_out.isfinite().all()
-        assert not got_grads["weight"].isfinite().all(), f"{fault}: weight.grad stayed finite"
-        assert not got_dx.isfinite().all(), f"{fault}: the input gradient stayed finite"
-    else:  # ... the outputs are non-finite, and so is the weight gradient (except the readout's:
-        # dW = L^T trpre does not read W or the membrane, as nn.Linear's dW does not read W)
-        assert not got_out.isfinite().all(), f"{fault}: every output stayed finite"
-        if kind != "readout" or fault not in ("nan_weight", "inf_weight", "nan_membrane"):
-            assert not got_grads["weight"].isfinite().all(), f"{fault}: weight.grad stayed finite"
-    if fault in FORWARD_FAULTS:  # one sample diverges from the faulty step on, no other one
-        start = 0 if fault == "nan_membrane" else FAULT_STEP
-        sample = got_out[:, FAULT_SAMPLE].flatten(1)
-        assert sample[:start].isfinite().all()
-        assert (~sample[start:].isfinite()).any(1).all(), f"{fault}: an output step of the sample stayed finite"
-        others = torch.cat([got_out[:, :FAULT_SAMPLE], got_out[:, FAULT_SAMPLE + 1:]], 1)
-        assert others.isfinite().all(), f"{fault}: the other samples must stay finite"
-    # every backend: the torch backend's non-finite pattern, everywhere
+    got = run_layer(layer, xs, probe, membrane, sequence, target.name, target.device)
+    assert_follows_the_rule(kind, fault, *got)
+    # and every backend gives the torch backend's non-finite pattern, everywhere
     key = (kind, fault, sequence, seed, str(target.device))
     if target.name == "torch":
-        _torch_runs[key] = (got_out, got_loss, got_dx, got_grads)
+        _torch_runs[key] = got
         return
     if key not in _torch_runs:
         _torch_runs[key] = run_layer(layer, xs, probe, membrane, sequence, "torch", target.device)
-    want_out, want_loss, want_dx, want_grads = _torch_runs[key]
+    (got_out, got_loss, got_dx, got_grads), (want_out, want_loss, want_dx, want_grads) = got, _torch_runs[key]
     if kind == "readout":
         assert_same_nonfinite(got_out, want_out, torch.float32, 9 * STEPS, "readout output")
     else:  # spikes equal exactly, NaN included (the same currents in every backend)
@@ -268,6 +290,7 @@ class _Seq(torch.nn.Module):
         return x
 
 
+BATCH, FAULT_SAMPLE = 3, 1
 BPTT_NETS = {  # name -> (factory, input features); each ends in spikes or the leaky readout
     "ws_linear_lif": (lambda: _Seq(WSLinear(9, 7), LIF(leak=0.5)), (9,)),
     "ws_conv_lif": (lambda: _Seq(WSConv2d(2, 3, 3, padding=1), LIF(leak=0.0, psi="triangle")), (2, 5, 4)),
