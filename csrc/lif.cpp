@@ -58,7 +58,7 @@ constexpr int64_t kTile = 512;  // neurons whose state stays in a local buffer a
 
 // One step for the neurons of a tile, state updated in place; SAVE also writes trpost[t-1] and psi[t].
 template <int PSI, int RESET, int POST, bool SAVE, typename scalar_t, typename acc_t>
-void lif_tile_step(const scalar_t* __restrict__ current, acc_t* v, acc_t* trpost,
+void lif_tile_step(const scalar_t* __restrict__ current, acc_t* __restrict__ v, acc_t* __restrict__ trpost,
                    scalar_t* __restrict__ s_out, acc_t* __restrict__ psi_out,
                    acc_t* __restrict__ prev_out, int64_t n, acc_t beta, acc_t theta, acc_t lambda_post) {
   for (int64_t i = 0; i < n; ++i) {

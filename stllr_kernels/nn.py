@@ -27,7 +27,7 @@ from .functional import (ConvGeometry, ReadoutSTLLR, RecurrentSTLLR, Standardize
                          STLLRStep)
 from .precision import cast_input, check_input_dtype, readout_dtype
 from .psi import apply_psi, check_psi, check_reset
-from .reference import beta_of, standardize, standardize_weight, state_dtype, theta_of
+from .reference import beta_of, spike_of, standardize, standardize_weight, state_dtype, theta_of
 
 __all__ = ["LinearSTLLR", "LinearRecSTLLR", "Conv2dSTLLR", "SpikingDropout", "LIF", "WSLinear",
            "WSConv2d", "LinearRecLIF", "LeakyReadout", "reset_states", "spike_fn"]
@@ -395,13 +395,13 @@ def reset_states(module: nn.Module) -> None:
 # ----------------------------------------------------------------------------- BPTT baseline
 
 class _SurrogateSpike(torch.autograd.Function):
-    """s = (u > 0), with dPsi-shaped surrogate gradient ds/du = Psi(u)."""
+    """s = reference.spike_of(u) (u > 0; NaN where u is not finite), with surrogate gradient ds/du = Psi(u)."""
 
     @staticmethod
     def forward(ctx, u, psi: str):
         ctx.save_for_backward(u)
         ctx.psi = psi
-        return (u > 0).to(u.dtype)
+        return spike_of(u)
 
     @staticmethod
     def backward(ctx, grad):

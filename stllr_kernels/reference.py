@@ -72,6 +72,21 @@ def standardize_backward(grad_w_hat: Tensor, normalized: Tensor, scale: Tensor, 
 
 # ----------------------------------------------------------------------------- forward ops
 
+def spike_of(u: Tensor) -> Tensor:
+    """The spike of a membrane u = v - theta: heaviside(u) (0 at u = 0) where u is finite, NaN where
+    u is NaN, +inf or -inf.
+
+    NaN for a NaN membrane, as torch.heaviside gives (the comparison u > 0 alone would say 0). NaN for
+    an infinite one too: that neuron has diverged, and heaviside's 1 or 0 would hide it for good (a
+    +inf membrane stays +inf under the soft reset and spikes 1 at every step, a -inf one stays silent),
+    while a NaN spike reaches the next layer, the readout and the loss, which training's divergence
+    guard checks. The NaN spike also makes the membrane NaN (either reset), until reset_state().
+    """
+    # u - u is 0 where u is finite and NaN where it is not: the rule above in two cheap ops (the
+    # kernels do the same; a torch.where on isfinite costs ~3x the comparison)
+    return (u > 0).to(u.dtype) + (u - u)
+
+
 def lif_step(current: Tensor, v: Tensor, trpost: Tensor, beta: Tensor, theta: Tensor,
              cfg: RuleConfig):
     """One LIF step with the post trace (docs/rule.md section 1), element-wise over any shape.
@@ -82,7 +97,7 @@ def lif_step(current: Tensor, v: Tensor, trpost: Tensor, beta: Tensor, theta: Te
     sd = state_dtype(current.dtype)
     v_t = beta * v + current.to(sd)
     u = v_t - theta
-    spike = (u > 0).to(sd)
+    spike = spike_of(u)
     if cfg.reset == "soft":
         v_after = v_t - theta * spike
     else:

@@ -52,6 +52,10 @@ class FiniteGuard:
             raise NonFinite(batch, "the weights became non-finite (NaN or inf)")
 
     def explain_failure(self, batch: int) -> None:
-        """A batch raised: if the weights are non-finite, that is the real cause; say so instead."""
+        """A batch raised: a non-finite loss recorded before it, or else non-finite weights, is the
+        real cause (e.g. a NaN in the data made them NaN); say so instead."""
+        first_bad = int(self.first_bad)
+        if first_bad:
+            raise NonFinite(first_bad, "the loss became non-finite (NaN or inf)")
         if not bool(weights_finite(self.model)):
             raise NonFinite(batch, "the weights became non-finite (NaN or inf)")

@@ -246,7 +246,7 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
             raise RunDiverged(
                 f"trial {trial}, epoch {epoch}, batch {exc.batch}/{len(train_loader)}: {exc.what}; stopped. "
                 f"{resume_path} keeps the last good state (after epoch {epoch - 1}); try a lower --lr "
-                f"(now {config.lr:g})") from None
+                f"(now {config.lr:g}), or look for NaN or inf in the data") from None
         summary["trials"].append({
             "trial": trial, "best_acc1": best, "final_acc1": history["val_acc"][-1] if history["val_acc"] else None,
             "seconds_per_epoch": (sum(history["train_seconds"]) / len(history["train_seconds"])

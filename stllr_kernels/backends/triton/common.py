@@ -37,7 +37,8 @@ def psi_of(u, PSI: tl.constexpr):
         d = 1.0 + 100.0 * tl.abs(u)
         out = 1.0 / (d * d)
     elif PSI == PSI_TRIANGLE:
-        out = 0.3 * tl.maximum(1.0 - tl.abs(u), 0.0)
+        # propagate_nan: plain tl.maximum returns the non-NaN operand (PTX max.f32), Psi(NaN) must be NaN
+        out = 0.3 * tl.maximum(1.0 - tl.abs(u), 0.0, propagate_nan=tl.PropagateNan.ALL)
     else:
         sg = 1.0 / (1.0 + tl.exp(-4.0 * u))
         out = 4.0 * sg * (1.0 - sg)
@@ -53,7 +54,8 @@ def lif_update(cur, v, tr, beta, theta, lambda_post, PSI: tl.constexpr, SOFT_RES
     """
     v_t = beta * v + cur
     u = v_t - theta
-    spike = (u > 0).to(v.dtype)
+    # reference.spike_of: heaviside(u), NaN where u is NaN or +-inf (u - u is 0 or NaN)
+    spike = (u > 0).to(v.dtype) + (u - u)
     if SOFT_RESET:
         v_after = v_t - theta * spike
     else:
