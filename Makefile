@@ -34,7 +34,7 @@ test-fast: venv
 # (tests/conftest.py: STLLR_TEST_SEED_SALT); run it whenever a kernel or a tolerance changes
 SEED_TESTS := tests/test_conformance.py tests/test_layers.py tests/test_reference.py \
 	tests/test_triton_backend.py tests/test_ext_backend.py tests/test_recurrent_sequence.py \
-	tests/test_training_engine.py tests/test_precision.py
+	tests/test_training_engine.py tests/test_precision.py tests/test_nonfinite.py
 test-seeds: venv
 	set -e; for salt in 1 2 3; do \
 		echo "STLLR_TEST_SEED_SALT=$$salt"; \
