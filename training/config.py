@@ -91,6 +91,12 @@ NEW_FLAGS = (
     ("--dist-timeout", dict(type=float, default=10.0, metavar="MINUTES",
                             help="Distributed runs: a collective that waits longer than this (a hung "
                                  "process) fails the job.")),
+    ("--compile", dict(type=str, nargs="?", const="inductor", default=None,
+                       choices=["inductor", "aot_eager", "eager"], metavar="BACKEND",
+                       help="torch.compile the model for training and evaluation (one graph per call; "
+                            "DFA/sDFA: one more at each feedback hook). BACKEND: inductor (the default when "
+                            "--compile is given alone), or aot_eager / eager, which compile in seconds. "
+                            "See docs/compile.md.")),
 )
 FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
 _TABLE = dict(FLAGS)
@@ -143,6 +149,7 @@ class RunConfig:
     frames: str = _default("--frames")
     download: bool = _default("--download")
     dist_timeout: float = _default("--dist-timeout")
+    compile: Optional[str] = _default("--compile")
 
     def __post_init__(self):
         for name in ("factors_stdp", "override"):  # lists from argparse or a caller: stored immutable
