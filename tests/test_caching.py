@@ -347,3 +347,41 @@ def test_moving_to_another_device_rebuilds_every_cached_value(kind):
     layer.to("cuda")
     got = run(layer, x.cuda(), "online")
     assert_same_run(got, run(fresh_like(make, layer), x.cuda(), "online"), kind)
+
+
+@pytest.mark.parametrize("mode", ["online", "time-fused"])
+def test_the_cached_values_cost_a_few_ops_per_sequence_and_none_per_step(mode):
+    """Rebuilt at every reset_state(): beta (sigmoid), theta (clamp) and each W_hat (one var_mean
+    and a few element-wise ops) once per sequence whatever its length, and no host synchronization."""
+    from benchmarks.launches import OpCounter
+    if backends.unavailable_reason("cpu", "cpu") is not None:
+        pytest.skip(backends.unavailable_reason("cpu", "cpu"))
+
+    class Net(torch.nn.Module):  # the SHD network's layers: recurrent, then the readout
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.readout = LinearRecSTLLR(6, 8), LinearSTLLR(8, 4, accumulate=True)
+
+        def forward(self, x, loss_steps=None):
+            if loss_steps is None:
+                return self.readout(self.hidden(x))
+            return self.readout(self.hidden(x, loss_steps), loss_steps)
+
+        def reset_state(self):
+            reset_states(self)
+
+    net = Net()
+    counts = []
+    with backend("cpu"):
+        for steps in (4, 8):
+            x = spikes((6,), "cpu")[:1].expand(steps, -1, -1).contiguous()
+            run(net, x, mode)  # warm-up
+            counter = OpCounter()
+            with counter:
+                run(net, x, mode)
+            counts.append(counter)
+    for counter in counts:
+        assert counter.host_syncs == 0
+        assert (counter.ops["aten::sigmoid"], counter.ops["aten::clamp"], counter.ops["aten::var_mean"]) == (2, 1, 2)
+    per_step = {op: (counts[1].ops[op] - counts[0].ops[op]) / 4 for op in counts[1].ops}
+    assert all(per_step.get(op, 0) == 0 for op in ("aten::sigmoid", "aten::clamp", "aten::var_mean", "aten::sqrt"))
