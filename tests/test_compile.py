@@ -255,6 +255,38 @@ def test_compiled_layers_read_edited_parameters_at_once(target, kind):
         assert torch.equal(got, fresh(x, loss_steps=0))
 
 
+@pytest.mark.parametrize("target", [("triton", "cpu"), ("triton", "cuda")], ids=target_id, indirect=True)
+def test_the_triton_custom_ops_have_the_shapes_of_their_kernels(target, monkeypatch):
+    """Every torch.ops.stllr_triton op, called as torch.compile calls it (is_compiling() patched
+    true, so the layers route through the custom ops) with the arguments the four S-TLLR layers
+    give it online and time-fused: torch.library.opcheck's schema and fake-kernel checks pass."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "stllr_triton":
+                calls.append((func, args, kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    with Record():
+        for kind in STLLR:
+            make, features, _ = LAYERS[kind]
+            layer = make().to(target)
+            x = make_input(kind, (4, 3, *features), target, requires_grad=True)
+            fused(layer, x, 2)
+            step_through(layer, x[:2], 0)
+    monkeypatch.undo()
+    assert {f.__name__.split(".")[0] for f, _, _ in calls} == {
+        "lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward", "conv_backward",
+        "recurrent_sequence", "readout_sequence", "recurrent_backward", "recurrent_backward_reverse",
+        "standardize_backward"}
+    for func, args, kwargs in calls:
+        result = torch.library.opcheck(func, args, kwargs, test_utils=("test_schema", "test_faketensor"))
+        assert set(result.values()) == {"SUCCESS"}, (func, result)
+
+
 # ----------------------------------------------------------------------------- the training models
 
 def models():
