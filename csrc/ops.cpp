@@ -125,13 +125,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> prepare_pre_trace(const at::Tenso
 }  // namespace stllr
 
 TORCH_LIBRARY(stllr, m) {
+  // save_from is a SymInt: under torch.compile it stays symbolic (T - loss_steps), so a new
+  // loss_steps or sequence length does not recompile; the kernels receive it as int64_t.
   m.def("lif_step(Tensor current, Tensor v, Tensor trpost, Tensor beta, Tensor theta, "
         "float lambda_post, int psi, int reset, int post) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("pre_trace(Tensor trpre, Tensor x, float lambda_pre) -> Tensor");
   m.def("lif_sequence(Tensor currents, Tensor v, Tensor trpost, Tensor beta, Tensor theta, "
-        "float lambda_post, int psi, int reset, int post, int save_from) "
+        "float lambda_post, int psi, int reset, int post, SymInt save_from) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("trace_sequence(Tensor x, Tensor trace, float decay, int save_from) -> (Tensor, Tensor)");
+  m.def("trace_sequence(Tensor x, Tensor trace, float decay, SymInt save_from) -> (Tensor, Tensor)");
   // Outputs not asked for (needs_input_grad / needs_bias_grad false) are empty tensors.
   m.def("linear_backward(Tensor grad_s, Tensor? psi, Tensor? causal, Tensor? trpost_prev, "
         "Tensor x, Tensor trpre, Tensor weight, float alpha_post, float alpha_pre, "
@@ -143,11 +145,11 @@ TORCH_LIBRARY(stllr, m) {
   // The recurrent layer over T steps (T = 1: one online step); see reference.recurrent_sequence.
   m.def("recurrent_sequence(Tensor x, Tensor weight, Tensor? bias, Tensor weight_rec, Tensor s_prev, "
         "Tensor v, Tensor trpost, Tensor trpre, Tensor trrec, Tensor beta, Tensor theta, "
-        "float lambda_post, float lambda_pre, int psi, int reset, int post, int save_from, "
+        "float lambda_post, float lambda_pre, int psi, int reset, int post, SymInt save_from, "
         "bool first_traces_only=False) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("readout_sequence(Tensor x, Tensor weight, Tensor? bias, Tensor v, Tensor trpre, Tensor beta, "
-        "float lambda_pre, int save_from) -> (Tensor, Tensor, Tensor)");
+        "float lambda_pre, SymInt save_from) -> (Tensor, Tensor, Tensor)");
   m.def("recurrent_backward(Tensor grad_s, Tensor psi, Tensor causal, Tensor trpost_prev, Tensor x, "
         "Tensor trpre, Tensor s_prev, Tensor trrec_prev, Tensor weight, Tensor weight_rec, "
         "float alpha_post, float alpha_pre, bool needs_input_grad, bool needs_bias_grad) "

@@ -77,7 +77,15 @@ def _through_standardization(ops, grad_w_hat, std: Standardized, gain, needs_w: 
 def check_no_early_grad(grad_seq: Tensor, save_from: int) -> None:
     """A loss on a step before save_from would be silently dropped: assert on the device that those
     steps got no gradient (no host synchronization; on a CPU it raises right away)."""
-    if save_from > 0:
+    if torch.compiler.is_compiling():
+        # save_from may be symbolic (T - loss_steps): a mask, not a slice (whose size torch.compile
+        # would specialize at 1), no branch on it, no number in the message
+        early = (torch.arange(grad_seq.shape[0], device=grad_seq.device) < save_from).view(
+            -1, *[1] * (grad_seq.dim() - 1))
+        torch._assert_async(torch.where(early, grad_seq, 0).abs().sum() == 0,
+                            "a loss reached a step of the sequence before its last loss_steps steps, for "
+                            "which the layer kept nothing; pass loss_steps covering every step that has a loss")
+    elif save_from > 0:
         torch._assert_async(
             grad_seq[:save_from].eq(0).all(),
             f"a loss reached a step before step {save_from} of the sequence, but the layer was run "
@@ -87,8 +95,10 @@ def check_no_early_grad(grad_seq: Tensor, save_from: int) -> None:
 
 def _sequence_grad_x(grad_x_loss: Optional[Tensor], x_shape, save_from: int):
     """dx of the whole sequence: zeros before the loss steps."""
-    if grad_x_loss is None or save_from == 0:
-        return None if grad_x_loss is None else grad_x_loss.view(x_shape)
+    if grad_x_loss is None:
+        return None
+    if save_from == 0 and not torch.compiler.is_compiling():  # compiled: no branch on symbolic save_from
+        return grad_x_loss.view(x_shape)
     grad_x = grad_x_loss.new_zeros(x_shape)
     grad_x[save_from:] = grad_x_loss.view(x_shape[0] - save_from, *x_shape[1:])
     return grad_x

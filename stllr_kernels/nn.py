@@ -132,35 +132,49 @@ class _STLLRMixin(_Stateful):
         return (r.lambda_post, r.lambda_pre, r.alpha_post, r.alpha_pre)
 
     def _beta_theta(self):
-        """beta and theta, computed once while leak and threshold stay unchanged (the fused step
-        treats them as constants, as the original does)."""
-        key = _versions(self.leak, self.threshold)
-        cached = self.__dict__.get("_beta_theta_cache")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                dtype = state_dtype(self.leak.dtype)
-                cached = (key, (beta_of(self.leak.to(dtype)), theta_of(self.threshold.to(dtype))))
-            self.__dict__["_beta_theta_cache"] = cached
-        return cached[1]
+        """beta and theta, which the fused step treats as constants (as the original does)."""
+        dtype = state_dtype(self.leak.dtype)
+        return self._cached("beta_theta", (self.leak, self.threshold),
+                            lambda: (beta_of(self.leak.to(dtype)), theta_of(self.threshold.to(dtype))))
+
+    def _beta(self) -> Tensor:
+        """beta alone (the readout has no threshold)."""
+        return self._cached("beta", (self.leak,), lambda: beta_of(self.leak.to(state_dtype(self.leak.dtype))))
 
     def _standardized(self, weight: Tensor, gain: Optional[Tensor]) -> Standardized:
-        """The weight as the steps use it, standardized once per sequence: recomputed at the first
-        step after reset_state() and whenever weight or gain changed in place (an optimizer step
-        inside the sequence), which their version counters tell without a host sync."""
+        """The weight as the steps use it: W_hat and what its backward needs (see `_cached`), or
+        the raw weight without standardization (read at every step)."""
         if gain is None:
             return Standardized(weight)
-        key = _versions(weight, gain)
-        caches = self.__dict__.setdefault("_standardized_cache", {})
-        cached = caches.get(id(weight))
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, Standardized(*standardize(weight, gain)))
-            caches[id(weight)] = cached
-        return cached[1]
+        return self._cached(("standardized", id(weight)), (weight, gain),
+                            lambda: Standardized(*standardize(weight, gain)))
+
+    def _cached(self, name, params: tuple, compute):
+        """compute() (no graph), computed once per sequence: at the first step after reset_state(),
+        again within the sequence when one of `params` changed in a way autograd sees (an optimizer
+        step, copy_ under no_grad: its version counter; .to(): its storage, dtype or device), all
+        read without a host sync. So reset_state() rebuilds every cached value from the
+        parameters' current values whatever changed them, and an edit through `.data` inside a
+        sequence (which bumps no version counter) is used from the next reset_state() on.
+        Traced by torch.compile nothing is cached: the graph computes these few ops at every call."""
+        with torch.no_grad():
+            if torch.compiler.is_compiling():
+                return compute()
+            key = _versions(*params)
+            caches = self.__dict__.setdefault("_caches", {})
+            cached = caches.get(name)
+            if cached is None or cached[0] != key:
+                # the entry holds `params` themselves, so their ids in the key cannot be reused
+                cached = caches[name] = (key, compute(), params)
+            return cached[1]
 
     def reset_state(self) -> None:
         super().reset_state()
-        self.__dict__.pop("_standardized_cache", None)
+        self.__dict__.pop("_caches", None)
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_caches", None)  # .to(), .double(): rebuilt on the new device or dtype
+        return super()._apply(fn, recurse)
 
     def _rule_repr(self) -> str:
         r = self.rule
@@ -171,8 +185,9 @@ class _STLLRMixin(_Stateful):
 # ----------------------------------------------------------------------------- S-TLLR layers
 
 def _versions(*params: Tensor) -> tuple:
-    """What identifies the values of these tensors without reading them (no host sync)."""
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+    """What identifies the values of these tensors as autograd sees them, without reading them
+    (no host sync): which tensor, its storage, version counter, dtype and device."""
+    return tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in params)
 
 
 class LinearSTLLR(_STLLRMixin, nn.Linear):
@@ -206,18 +221,18 @@ class LinearSTLLR(_STLLRMixin, nn.Linear):
         sequence = _check_input(self, x, (self.in_features,))
         x = cast_input(x, self.weight)
         batch = x.shape[1] if sequence else x.shape[0]
-        beta, theta = self._beta_theta()
         v = self._state("v", (batch, self.out_features), x)
         trpre = self._state("trpre", (batch, self.in_features), x)
         if self.accumulate:
             x_seq = x if sequence else x.unsqueeze(0)
             save_from = _save_from(x_seq, loss_steps if sequence else None)
-            out, self.trpre = ReadoutSTLLR.apply(x_seq, self.weight, self.bias, v, trpre, beta,
+            out, self.trpre = ReadoutSTLLR.apply(x_seq, self.weight, self.bias, v, trpre, self._beta(),
                                                  self.rule.lambda_pre, save_from)
             out = out if sequence else out.view(out.shape[1:])  # a view: no op, and none in the backward
             self.v = (out[-1] if sequence else out).detach()
             return out.to(readout_dtype(self.weight))
         trpost = self._state("trpost", (batch, self.out_features), x)
+        beta, theta = self._beta_theta()
         std = self._standardized(self.weight, self.gain)
         if sequence:
             s, self.v, self.trpost, self.trpre = STLLRSequence.apply(

@@ -64,7 +64,7 @@ def test_new_flags_only_add():
     names = [f for f, _ in FLAGS]
     assert len(names) == len(set(names))
     assert [f for f, _ in NEW_FLAGS] == ["--backend", "--step-mode", "--resume", "--override", "--workers", "--device",
-                                        "--frames", "--download", "--dist-timeout", "--precision"]
+                                        "--frames", "--download", "--dist-timeout", "--precision", "--compile"]
     args = build_parser().parse_args([])
     assert (args.backend, args.step_mode, args.resume, args.override, args.workers, args.device,
             args.dist_timeout) == ("auto", "online", None, None, None, None, 10.0)

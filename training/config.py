@@ -97,6 +97,12 @@ NEW_FLAGS = (
                          help="32: float32. bf16-mixed: the forward under torch.autocast in bfloat16 (CPU or "
                               "CUDA). 16-mixed: float16 autocast with a GradScaler (CUDA only). Membrane, "
                               "traces and gradients stay float32 (docs/precision.md).")),
+    ("--compile", dict(type=str, nargs="?", const="inductor", default=None,
+                       choices=["inductor", "aot_eager", "eager"], metavar="BACKEND",
+                       help="torch.compile the model for training and evaluation (one graph per call; "
+                            "DFA/sDFA: one more at each feedback hook). BACKEND: inductor (the default when "
+                            "--compile is given alone), or aot_eager / eager, which compile in seconds. "
+                            "See docs/compile.md.")),
 )
 FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
 _TABLE = dict(FLAGS)
@@ -153,6 +159,7 @@ class RunConfig:
     download: bool = _default("--download")
     dist_timeout: float = _default("--dist-timeout")
     precision: str = _default("--precision")
+    compile: Optional[str] = _default("--compile")
 
     def __post_init__(self):
         for name in ("factors_stdp", "override"):  # lists from argparse or a caller: stored immutable

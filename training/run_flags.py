@@ -16,7 +16,8 @@ from .errors import CheckpointError, FlagError
 # May differ on resume: --epochs and --trials extend the run (both are totals), the rest change
 # where it runs, where it reads and writes, how often it prints, not what it computes.
 FREE = frozenset({"resume", "override", "epochs", "trials", "print_freq", "workers", "device", "cpu",
-                  "backend", "data_path", "save_path", "val_batch_size", "dist_timeout", "download"})
+                  "backend", "data_path", "save_path", "val_batch_size", "dist_timeout", "download",
+                  "compile"})
 # Cannot be overridden: the checkpoint's weights or optimizer state would not fit the new value.
 FIXED = frozenset({"arch", "dataset", "optimizer", "feedback_mode", "pooling"})
 # Applied to the restored optimizer and schedule when overridden (the others take effect by

@@ -63,8 +63,18 @@ def setup_trial(config: RunConfig, device):
     model = build_model(config).to(device)
     if config.pretrained_model:
         model.load_state_dict(ckpt.load_pretrained(config.pretrained_model, device), strict=False)
+    if config.compile:
+        compile_model(model, config.compile)
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     return model, optimizer, make_scheduler(config, optimizer)
+
+
+def compile_model(model: torch.nn.Module, backend: str) -> None:
+    """--compile: the model's forward, so both model.step and model.sequence, compiled in place
+    (module.compile), so its state_dict keeps its plain keys. One graph per call (fullgraph), except
+    under DFA/sDFA, whose feedback hooks run between graphs (training.models.common)."""
+    torch._dynamo.reset()  # a trial's new model: the last one's graphs would count towards the recompile limit
+    model.compile(backend=backend, fullgraph=not model.feedback.active)
 
 
 def epoch_generator_seed(seed: int, trial: int, epoch: int) -> int:

@@ -116,8 +116,16 @@ def get_backend_name(device_type: str) -> str:
 def get_ops(device: torch.device | str) -> ModuleType:
     """The op module of the backend selected for `device`."""
     device_type = torch.device(device).type
-    module, _ = _load(get_backend_name(device_type))
-    return module
+    return _modules[BACKEND_MODULES[_selected(device_type, _forced)]]
+
+
+@torch.compiler.assume_constant_result
+def _selected(device_type: str, forced: Optional[str]) -> str:
+    """get_backend_name, with the backend's module loaded. torch.compile runs it when tracing (an
+    import cannot be traced) and keeps the answer, guarded on `forced` (set_backend)."""
+    name = get_backend_name(device_type)
+    _load(name)
+    return name
 
 
 def backend_info() -> dict:

@@ -93,11 +93,11 @@ def pre_trace(trpre: Tensor, x: Tensor, lambda_pre: float) -> Tensor:
 def lif_sequence(currents: Tensor, v: Tensor, trpost: Tensor, beta: Tensor, theta: Tensor,
                  cfg: RuleConfig, save_from: int):
     return tuple(torch.ops.stllr.lif_sequence(currents, v, trpost, beta, theta, cfg.lambda_post,
-                                              *_codes(cfg), int(save_from)))
+                                              *_codes(cfg), save_from))
 
 
 def trace_sequence(x: Tensor, trace: Tensor, decay: float, save_from: int):
-    return tuple(torch.ops.stllr.trace_sequence(x, trace, float(decay), int(save_from)))
+    return tuple(torch.ops.stllr.trace_sequence(x, trace, float(decay), save_from))
 
 
 def linear_backward(grad_s: Tensor, psi: Optional[Tensor], causal: Optional[Tensor],
@@ -118,12 +118,12 @@ def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, tr
                        cfg: RuleConfig, save_from: int, first_traces_only: bool = False):
     return tuple(torch.ops.stllr.recurrent_sequence(
         x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta, cfg.lambda_post,
-        cfg.lambda_pre, *_codes(cfg), int(save_from), bool(first_traces_only)))
+        cfg.lambda_pre, *_codes(cfg), save_from, bool(first_traces_only)))
 
 
 def readout_sequence(x, weight, bias, v, trpre, beta, lambda_pre: float, save_from: int):
     return tuple(torch.ops.stllr.readout_sequence(x, weight, bias, v, trpre, beta, float(lambda_pre),
-                                                  int(save_from)))
+                                                  save_from))
 
 
 def recurrent_backward(grad_s, psi, causal, trpost_prev, x, trpre, s_prev, trrec_prev, weight, weight_rec,
@@ -175,8 +175,11 @@ def _pair(value, name: str) -> list[int]:
 
 # ----------------------------------------------------------------------------- fake kernels
 
-def _register_fakes() -> None:
-    register = torch.library.register_fake
+def register_fakes(namespace: str = "stllr") -> None:
+    """The fake kernels of the ops under torch.ops.<namespace> (also those of the triton backend's
+    custom ops, which take the same arguments: backends/triton/custom_ops.py)."""
+    def register(name):
+        return torch.library.register_fake(f"{namespace}::{name.split('::')[1]}")
 
     @register("stllr::lif_step")
     def _lif_step(current, v, trpost, beta, theta, lambda_post, psi, reset, post):
@@ -263,4 +266,4 @@ def _register_fakes() -> None:
 
 
 if _C is not None:
-    _register_fakes()
+    register_fakes()

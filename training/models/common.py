@@ -156,6 +156,14 @@ class _FeedbackFn(torch.autograd.Function):
         return signal.view(ctx.shape).to(grad.dtype), None, None
 
 
+@torch.compiler.disable
+def _project_error_in_backward(x: Tensor, matrix: Tensor, feedback: Feedback) -> Tensor:
+    """The hook's Function, run outside torch.compile's graphs (a graph break under DFA/sDFA): its
+    backward reads the error that the model observes after this forward, when the backward runs,
+    which a backward traced ahead of time cannot."""
+    return _FeedbackFn.apply(x, matrix, feedback)
+
+
 class FeedbackHook(nn.Module):
     """Identity in the forward; under DFA/sDFA the backward is the projected output error.
 
@@ -176,7 +184,7 @@ class FeedbackHook(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.matrix is None or not torch.is_grad_enabled() or not x.requires_grad:
             return x
-        return _FeedbackFn.apply(x, self.matrix, self.feedback)
+        return _project_error_in_backward(x, self.matrix, self.feedback)
 
     def extra_repr(self) -> str:
         return f"mode={self.feedback.mode}"

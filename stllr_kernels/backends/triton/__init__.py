@@ -50,13 +50,19 @@ def _launcher(op):
     forgive); the kernels launch under a guard on the first tensor argument's device."""
     reference_op = getattr(reference, op.__name__)
 
-    @functools.wraps(op)
-    def dispatch(*args, **kwargs):
+    def launch(*args, **kwargs):
         tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
         if any(t.dtype == torch.float64 for t in tensors):
             return reference_op(*args, **kwargs)
         with _device_guard(tensors[0].device if tensors else torch.device("cpu")):
             return op(*args, **kwargs)
+
+    @functools.wraps(op)
+    def dispatch(*args, **kwargs):
+        if torch.compiler.is_compiling():  # one opaque op that torch.compile can trace (custom_ops)
+            return getattr(custom_ops, op.__name__)(*args, **kwargs)
+        return launch(*args, **kwargs)
+    dispatch.launch = launch
     return dispatch
 
 
@@ -74,6 +80,10 @@ if _IMPORT_ERROR is None:
         (lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward,
          recurrent_sequence, readout_sequence, recurrent_backward, standardize_backward,
          recurrent_backward_reverse))
+    from . import custom_ops
+    custom_ops.register({f.__name__: f.launch for f in (
+        lif_step, pre_trace, lif_sequence, trace_sequence, linear_backward, conv_backward, recurrent_sequence,
+        readout_sequence, recurrent_backward, standardize_backward, recurrent_backward_reverse)})
 else:
     INTERPRETED = False
 
