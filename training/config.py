@@ -98,11 +98,11 @@ NEW_FLAGS = (
                               "CUDA). 16-mixed: float16 autocast with a GradScaler (CUDA only). Membrane, "
                               "traces and gradients stay float32 (docs/precision.md).")),
     ("--compile", dict(type=str, nargs="?", const="inductor", default=None,
-                       choices=["inductor", "aot_eager", "eager"], metavar="BACKEND",
+                       choices=["inductor", "aot_eager", "eager"],
                        help="torch.compile the model for training and evaluation (one graph per call; "
-                            "DFA/sDFA: one more at each feedback hook). BACKEND: inductor (the default when "
-                            "--compile is given alone), or aot_eager / eager, which compile in seconds. "
-                            "See docs/compile.md.")),
+                            "DFA/sDFA: one more at each feedback hook) with this compiler backend: inductor "
+                            "(taken when --compile is given alone), or aot_eager / eager, which compile in "
+                            "seconds. See docs/compile.md.")),
 )
 FLAGS = ORIGINAL_FLAGS + NEW_FLAGS
 _TABLE = dict(FLAGS)
