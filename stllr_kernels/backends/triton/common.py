@@ -2,7 +2,8 @@
 that lists autotune configs, and the checks the launchers run on their arguments.
 
 Interpreter mode (TRITON_INTERPRET=1, decided by Triton when a kernel is *defined*) gets a single
-config per kernel, so tests never benchmark and stay fast. On a GPU, STLLR_TRITON_SINGLE_CONFIG=1
+config per kernel, so tests never benchmark and stay fast (autotune.py holds how the configs are
+chosen on a GPU: bucketed keys, a disk cache). On a GPU, STLLR_TRITON_SINGLE_CONFIG=1
 (read when the kernels are defined) does the same with the first config of each list: no autotuning,
 so the test suite finishes in minutes there (benchmarks/gpu_check.py's correctness run).
 """
@@ -17,6 +18,7 @@ from triton import knobs
 
 from ...psi import PSI_CODES
 from ...reference import state_dtype
+from .autotune import ConfigSet
 
 # True when this module's kernels were defined for Triton's CPU interpreter.
 INTERPRETED = bool(knobs.runtime.interpret)
@@ -68,39 +70,31 @@ def lif_update(cur, v, tr, beta, theta, lambda_post, PSI: tl.constexpr, SOFT_RES
 
 # ----------------------------------------------------------------------------- autotune configs
 
-def _candidates(interpreted: "triton.Config", tuned: list) -> list:
-    """What @triton.autotune chooses from: `interpreted` alone in the interpreter, the first of
-    `tuned` alone under STLLR_TRITON_SINGLE_CONFIG=1, else all of `tuned`."""
-    if INTERPRETED:
-        return [interpreted]
-    return tuned[:1] if SINGLE_CONFIG else tuned
-
-
-def elementwise_configs():
+def elementwise_configs() -> ConfigSet:
     """Block sizes of the element-wise and per-neuron sequence kernels."""
-    return _candidates(triton.Config({"BLOCK": 256}, num_warps=4),
-                       [triton.Config({"BLOCK": block}, num_warps=warps)
-                        for block, warps in ((512, 4), (1024, 4), (2048, 8), (4096, 8))])
+    return ConfigSet(triton.Config({"BLOCK": 256}, num_warps=4),
+                     [triton.Config({"BLOCK": block}, num_warps=warps)
+                      for block, warps in ((512, 4), (1024, 4), (2048, 8), (4096, 8))])
 
 
-def sequence_configs():
+def sequence_configs() -> ConfigSet:
     """Block sizes of the kernels that loop over T with the state in registers (fewer, smaller
     blocks: more programs in flight hide the latency of each step's load)."""
-    return _candidates(triton.Config({"BLOCK": 256}, num_warps=4),
-                       [triton.Config({"BLOCK": block}, num_warps=warps)
-                        for block, warps in ((128, 4), (256, 4), (512, 4), (1024, 8))])
+    return ConfigSet(triton.Config({"BLOCK": 256}, num_warps=4),
+                     [triton.Config({"BLOCK": block}, num_warps=warps)
+                      for block, warps in ((128, 4), (256, 4), (512, 4), (1024, 8))])
 
 
-def gemm_configs(m: str, n: str, r: str):
+def gemm_configs(m: str, n: str, r: str) -> ConfigSet:
     """Tiles of the eligibility GEMMs: output tile (m x n), reduction chunk r (names of the kernel's
     meta-parameters). Interpreter: one 32-cube (tl.dot needs blocks >= 16)."""
     # (m, n, r, warps, stages): few enough that first-use tuning stays in seconds; 8 warps for the
     # tiles with a 128 side, whose products formed in registers spill with 4 (compile_check.md)
     shapes = ((64, 64, 32, 4, 4), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (128, 128, 32, 8, 2),
               (64, 64, 64, 8, 3), (32, 64, 32, 4, 3))
-    return _candidates(triton.Config({m: 32, n: 32, r: 32}, num_warps=4),
-                       [triton.Config({m: bm, n: bn, r: br}, num_warps=w, num_stages=s)
-                        for bm, bn, br, w, s in shapes])
+    return ConfigSet(triton.Config({m: 32, n: 32, r: 32}, num_warps=4),
+                     [triton.Config({m: bm, n: bn, r: br}, num_warps=w, num_stages=s)
+                      for bm, bn, br, w, s in shapes])
 
 
 # ----------------------------------------------------------------------------- launcher helpers

@@ -1,0 +1,196 @@
+"""Autotuning that pays once: Triton's autotuner behind bucketed keys and a disk cache.
+
+`@autotune(configs, key=[...])` wraps `@triton.autotune`; a launch `kernel[grid](*args)` then
+  1. computes a *bucketed* key: each integer size named in `key` rounded up to a power of two (the
+     last partial batch, each new padded T of a dataset and every size in between share one key),
+     the other key values as they are, the dtypes of the tensor arguments, the device's name;
+  2. looks the key up in this process, then in the disk cache (one small JSON file per kernel and
+     key under `cache_dir()`, written atomically: concurrent processes and DDP ranks share it);
+  3. only when both miss, lets Triton benchmark every config on these very arguments (launching
+     the best), and stores the winner in both caches. A hit launches the kernel with its config
+     directly, with the exact sizes.
+
+Every autotuned kernel is registered in `TUNED` (kernel name -> Tuned), so a check can reach its
+configs (`Tuned.gpu_configs`) and run each of them (`forced_config(i)`). In Triton's interpreter and
+under STLLR_TRITON_SINGLE_CONFIG=1 a kernel has one candidate config: nothing is tuned or cached.
+
+STLLR_AUTOTUNE_CACHE=DIR moves the disk cache (default: `stllr_autotune/` in Triton's cache
+directory, TRITON_CACHE_DIR or ~/.triton/cache); STLLR_AUTOTUNE_CACHE=0 turns it off.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import triton
+
+CACHE_ENV = "STLLR_AUTOTUNE_CACHE"
+CACHE_OFF = ("0", "off", "none", "false")
+
+TUNED: dict[str, "Tuned"] = {}
+# when a list: every launch of an autotuned kernel appends (kernel name, exact key, bucketed key)
+# (benchmarks/autotune_runs.py counts the tuning runs per model with it)
+KEY_LOG: Optional[list] = None
+_forced_index: Optional[int] = None
+
+
+class ConfigSet(NamedTuple):
+    """A kernel's configs: `interpreted` alone in Triton's interpreter, `tuned` on a GPU."""
+    interpreted: triton.Config
+    tuned: list
+
+    def candidates(self, interpreted: bool, single: bool) -> list:
+        """What @triton.autotune chooses from: the interpreter's config, or the first tuned one
+        alone (STLLR_TRITON_SINGLE_CONFIG=1), or all of them."""
+        if interpreted:
+            return [self.interpreted]
+        return self.tuned[:1] if single else list(self.tuned)
+
+
+def bucket(size: int) -> int:
+    """The tuning bucket of an integer size: the next power of two (sizes <= 1 as they are)."""
+    return size if size <= 1 else triton.next_power_of_2(size)
+
+
+def cache_dir() -> Optional[str]:
+    """Where tuned configs are kept on disk, or None when the cache is off."""
+    setting = os.environ.get(CACHE_ENV, "")
+    if setting.lower() in CACHE_OFF:
+        return None
+    if setting:
+        return setting
+    try:
+        from triton import knobs
+        base = knobs.cache.dir
+    except (ImportError, AttributeError):  # a Triton without knobs
+        base = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton", "cache")
+    return os.path.join(base, "stllr_autotune")
+
+
+@contextlib.contextmanager
+def forced_config(index: int):
+    """Launch every autotuned kernel with config `index` of its candidates (modulo their number),
+    without tuning: lets a check run each config of each kernel at least once."""
+    global _forced_index
+    previous, _forced_index = _forced_index, index
+    try:
+        yield
+    finally:
+        _forced_index = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def _key_value(value, bucketed: bool):
+    if isinstance(value, bool) or not isinstance(value, int):
+        return str(value)
+    return bucket(value) if bucketed else value
+
+
+class Tuned:
+    """One autotuned kernel: `kernel[grid](*args, **kwargs)` as with @triton.autotune."""
+
+    def __init__(self, fn, configs: ConfigSet, key: list, restore_value: Optional[list],
+                 interpreted: bool, single: bool):
+        self.fn = fn
+        self.name = fn.__name__
+        self.key = list(key)
+        self.gpu_configs = list(configs.tuned)
+        self.configs = configs.candidates(interpreted, single)
+        self.tuner = triton.autotune(configs=self.configs, key=self.key, restore_value=restore_value)(fn)
+        self.arg_names = list(fn.arg_names)
+        self._chosen: dict[tuple, triton.Config] = {}
+        self.tuning_runs = 0  # keys benchmarked in this process (each over every config)
+        TUNED[self.name] = self
+
+    def __getitem__(self, grid) -> Callable:
+        return functools.partial(self._launch, grid)
+
+    def keys(self, args, kwargs) -> tuple:
+        """(exact key as Triton forms it, bucketed key) of one launch."""
+        named = {**dict(zip(self.arg_names, args)), **kwargs}
+        dtypes = tuple(str(v.dtype) for v in named.values() if isinstance(v, torch.Tensor))
+        exact = tuple(_key_value(named[k], False) for k in self.key) + dtypes
+        bucketed = tuple(_key_value(named[k], True) for k in self.key) + dtypes
+        return exact, bucketed
+
+    def _launch(self, grid, *args, **kwargs):
+        if KEY_LOG is not None:
+            KEY_LOG.append((self.name, *self.keys(args, kwargs)))
+        if _forced_index is not None:
+            return self._run(grid, self.configs[_forced_index % len(self.configs)], args, kwargs)
+        if len(self.configs) == 1:  # nothing to choose from: Triton launches it without tuning
+            return self.tuner[grid](*args, **kwargs)
+        device = next(v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        key = (_device_name(device), *self.keys(args, kwargs)[1])
+        config = self._chosen.get(key)
+        if config is None:
+            config = self._load(key)
+        if config is not None:
+            self._chosen[key] = config
+            return self._run(grid, config, args, kwargs)
+        # a new bucket: Triton benchmarks every config on these arguments, then launches the best
+        result = self.tuner[grid](*args, **kwargs)
+        self.tuning_runs += 1
+        self._chosen[key] = self.tuner.best_config
+        self._store(key, self.tuner.best_config, getattr(self.tuner, "configs_timings", {}))
+        return result
+
+    def _run(self, grid, config: triton.Config, args, kwargs):
+        return self.fn[grid](*args, **kwargs, **config.all_kwargs())
+
+    # ------------------------------------------------------------------------- disk cache
+
+    def _path(self, key: tuple) -> Optional[str]:
+        root = cache_dir()
+        if root is None:
+            return None
+        ident = json.dumps([triton.__version__, self.name, self.fn.cache_key, [str(c) for c in self.configs],
+                            list(key)])
+        return os.path.join(root, f"{self.name}-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.json")
+
+    def _load(self, key: tuple) -> Optional[triton.Config]:
+        path = self._path(key)
+        try:
+            with open(path) as f:
+                return self.configs[int(json.load(f)["config"])]
+        except (TypeError, OSError, ValueError, KeyError, IndexError):  # no cache, no entry, or a bad one
+            return None
+
+    def _store(self, key: tuple, config: triton.Config, timings: dict) -> None:
+        """Write the entry atomically (a temporary file renamed over it): a process or rank
+        reading at the same time sees the whole file or none."""
+        path = self._path(key)
+        if path is None:
+            return
+        entry = {"kernel": self.name, "device": key[0], "triton": triton.__version__, "key": list(key[1:]),
+                 "config": self.configs.index(config), "config_text": str(config),
+                 "timings_ms": {str(c): t for c, t in timings.items()}}
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".tmp", delete=False) as f:
+                json.dump(entry, f)
+            os.replace(f.name, path)
+        except OSError:  # a read-only or full disk: the tuning still holds for this process
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(f.name)
+
+
+def autotune(configs: ConfigSet, key: list, restore_value: Optional[list] = None):
+    """The decorator: `@autotune(configs, key=[...])` above `@triton.jit` (see the module doc)."""
+    from .common import INTERPRETED, SINGLE_CONFIG
+
+    def wrap(fn) -> Tuned:
+        return Tuned(fn, configs, key, restore_value, INTERPRETED, SINGLE_CONFIG)
+    return wrap
