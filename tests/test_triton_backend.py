@@ -162,7 +162,8 @@ def test_single_config_knob_leaves_one_config():
     """STLLR_TRITON_SINGLE_CONFIG=1 (a GPU test run): one config per kernel, no autotuning; the
     interpreter gets its own one config; every autotuned kernel is in the registry."""
     from stllr_kernels.backends.triton import autotune, common
-    sets = [common.elementwise_configs(), common.sequence_configs(), common.gemm_configs("A", "B", "C")]
+    sets = [common.elementwise_configs(), common.sequence_configs(),
+            common.gemm_configs("A", "B", "C", common.WEIGHT_GRAD_TILES)]
     assert min(len(s.candidates(interpreted=False, single=False)) for s in sets) > 1
     assert [len(s.candidates(interpreted=False, single=True)) for s in sets] == [1, 1, 1]
     assert all(s.candidates(interpreted=True, single=False) == [s.interpreted] for s in sets)

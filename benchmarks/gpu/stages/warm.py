@@ -1,7 +1,10 @@
 """Warm-up stages: run a timing stage's Triton work once, in a process of its own, while the CUDA
 extension builds (the CPU is otherwise idle then). Triton keeps what it compiles in its on-disk
-cache, so the timing stage later only loads the binaries (and benchmarks the autotune configs,
-which takes milliseconds). Their rows say how long the compiles took."""
+cache, and the autotuned configs go to the autotune disk cache (backends/triton/autotune.py), so
+the timing stage later only loads the binaries and reads the configs. Without the warm-up it would
+also tune: each new key benchmarks every config of its kernel (do_bench, >= 0.125 s a config), 5-10
+s per model and mode (benchmarks/results/autotune_runs.md), not milliseconds. Their rows say how
+long the compiles and tuning took."""
 from __future__ import annotations
 
 import importlib

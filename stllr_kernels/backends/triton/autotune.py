@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import os
 import tempfile
@@ -34,9 +35,6 @@ CACHE_ENV = "STLLR_AUTOTUNE_CACHE"
 CACHE_OFF = ("0", "off", "none", "false")
 
 TUNED: dict[str, "Tuned"] = {}
-# when a list: every launch of an autotuned kernel appends (kernel name, exact key, bucketed key)
-# (benchmarks/autotune_runs.py counts the tuning runs per model with it)
-KEY_LOG: Optional[list] = None
 _forced_index: Optional[int] = None
 
 
@@ -126,8 +124,6 @@ class Tuned:
         return exact, bucketed
 
     def _launch(self, grid, *args, **kwargs):
-        if KEY_LOG is not None:
-            KEY_LOG.append((self.name, *self.keys(args, kwargs)))
         if _forced_index is not None:
             return self._run(grid, self.configs[_forced_index % len(self.configs)], args, kwargs)
         if len(self.configs) == 1:  # nothing to choose from: Triton launches it without tuning
@@ -156,9 +152,14 @@ class Tuned:
         root = cache_dir()
         if root is None:
             return None
-        ident = json.dumps([triton.__version__, self.name, self.fn.cache_key, [str(c) for c in self.configs],
+        ident = json.dumps([triton.__version__, self.name, self._source_key(), [str(c) for c in self.configs],
                             list(key)])
         return os.path.join(root, f"{self.name}-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.json")
+
+    def _source_key(self) -> str:
+        """The kernel's source (with the jit functions it calls, on a GPU): a changed kernel re-tunes."""
+        key = getattr(self.fn, "cache_key", None)  # JITFunction; the interpreter's function has none
+        return key or hashlib.sha256(inspect.getsource(self.fn.fn).encode()).hexdigest()
 
     def _load(self, key: tuple) -> Optional[triton.Config]:
         path = self._path(key)

@@ -85,16 +85,24 @@ def sequence_configs() -> ConfigSet:
                       for block, warps in ((128, 4), (256, 4), (512, 4), (1024, 8))])
 
 
-def gemm_configs(m: str, n: str, r: str) -> ConfigSet:
-    """Tiles of the eligibility GEMMs: output tile (m x n), reduction chunk r (names of the kernel's
-    meta-parameters). Interpreter: one 32-cube (tl.dot needs blocks >= 16)."""
-    # (m, n, r, warps, stages): few enough that first-use tuning stays in seconds; 8 warps for the
-    # tiles with a 128 side, whose products formed in registers spill with 4 (compile_check.md)
-    shapes = ((64, 64, 32, 4, 4), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (128, 128, 32, 8, 2),
-              (64, 64, 64, 8, 3), (32, 64, 32, 4, 3))
+# Tiles (m, n, r, warps, stages) of the eligibility GEMMs: output tile m x n, reduction chunk r.
+# Every config compiles without register spills in every variant with triton 3.6 for sm_90
+# (benchmarks/results/compile_check_triton36.md). The products formed while loading keep their tiles
+# in registers, and software pipelining (stages >= 2) keeps the next chunk's tiles live too: most
+# configs run unpipelined (stages 1; other warps and blocks hide the load latency), and no tile is
+# 128 x 128 (it spilled in every setting tried).
+WEIGHT_GRAD_TILES = ((64, 64, 32, 8, 2), (128, 64, 32, 8, 1), (64, 128, 32, 8, 1), (64, 64, 64, 8, 2),
+                     (32, 64, 32, 4, 1), (64, 64, 32, 4, 1))
+SIGNAL_GRAD_TILES = ((64, 64, 32, 4, 1), (128, 64, 32, 8, 1), (64, 128, 32, 8, 1), (128, 128, 32, 8, 1),
+                     (64, 64, 64, 8, 1), (32, 64, 32, 4, 2))
+
+
+def gemm_configs(m: str, n: str, r: str, tiles) -> ConfigSet:
+    """Configs of an eligibility GEMM from its `tiles` (m, n, r: names of the kernel's meta-parameters).
+    Interpreter: one 32-cube (tl.dot needs blocks >= 16)."""
     return ConfigSet(triton.Config({m: 32, n: 32, r: 32}, num_warps=4),
                      [triton.Config({m: bm, n: bn, r: br}, num_warps=w, num_stages=s)
-                      for bm, bn, br, w, s in shapes])
+                      for bm, bn, br, w, s in tiles])
 
 
 # ----------------------------------------------------------------------------- launcher helpers
