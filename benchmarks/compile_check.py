@@ -272,7 +272,8 @@ def main(argv=None) -> int:
         "",
         f"- command: `python benchmarks/compile_check.py{''.join(' ' + a for a in (argv or sys.argv[1:]))}`; "
         f"triton {triton.__version__} (from `{os.path.relpath(os.path.dirname(triton.__file__), os.path.dirname(HERE))}`); "
-        f"{len(rows)} compiles in {time.time() - start:.0f} s on {jobs} processes",
+        f"{len(rows)} compiles in {time.time() - start:.0f} s on {jobs} processes (kernels found in Triton's "
+        "compile cache are not compiled again; ptxas runs on every row)",
         f"- shared-memory limit per block on sm_{args.arch}: {limit if limit else 'unknown'} bytes; registers "
         "and spill bytes are per thread (ptxas -v)",
         "- this proves the kernels compile (and shows their resource use); it does not run them: "

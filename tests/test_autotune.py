@@ -61,10 +61,10 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def new_process_kernel() -> tuple[Tuned, FakeTuner]:
+def new_process_kernel(reuse=("n", "T")) -> tuple[Tuned, FakeTuner]:
     """The kernel as a new process defines it: nothing tuned in memory."""
     tuned = Tuned(_scale_kernel, ConfigSet(CONFIGS[0], CONFIGS), key=["n", "T"], restore_value=None,
-                  interpreted=False, single=False)
+                  interpreted=False, single=False, reuse=reuse)
     tuned.tuner = FakeTuner(tuned)
     return tuned, tuned.tuner
 
@@ -86,14 +86,25 @@ def test_partial_batch_and_new_padded_T_reuse_the_tuned_config(cache):
     tuned, tuner = new_process_kernel()
     launch(tuned, 16 * 45, 99)  # batch 16 of 45 neurons, T = 99: n in (512, 1024], T in (64, 128]
     assert tuner.benchmarks == 1 and tuned.tuning_runs == 1
-    for n, T in ((16 * 45, 97), (12 * 45, 95), (13 * 45, 99), (16 * 45, 65)):  # same buckets
+    for n, T in ((16 * 45, 97), (12 * 45, 95), (13 * 45, 99), (16 * 45, 65)):  # the same buckets
+        launch(tuned, n, T)
+    for n, T in ((3 * 45, 99), (16 * 45, 40), (5 * 45, 33)):  # buckets up to 4x smaller: reused
         launch(tuned, n, T)
     assert tuner.benchmarks == 1
-    launch(tuned, 16 * 45, 130)  # T past a power of two: a new bucket
-    launch(tuned, 3 * 45, 99)  # a batch of 3: another
+    assert len(tuned._chosen) == 4 and len(tuned._tuned) == 1
+    launch(tuned, 16 * 45, 130)  # T past the tuned power of two: a new bucket, tuned
+    launch(tuned, 1 * 45, 99)  # 16x smaller: tuned
     assert tuner.benchmarks == 3
     exact = {tuned.keys((None, None, n, T, 3.0), {})[0] for n, T in ((720, 99), (720, 97))}
     assert len(exact) == 2, "the exact keys (what @triton.autotune used) differ"
+
+
+def test_only_the_named_sizes_reuse_a_larger_key(cache):
+    tuned, tuner = new_process_kernel(reuse=("n",))
+    launch(tuned, 720, 99)
+    launch(tuned, 200, 99)  # n 4x smaller: reused
+    launch(tuned, 720, 40)  # T is not in reuse: tuned
+    assert tuner.benchmarks == 2
 
 
 def test_disk_cache_serves_a_new_process(cache):
@@ -183,3 +194,21 @@ def test_every_autotuned_kernel_is_registered():
             "_reverse_eligibility_kernel"} <= names
     for tuned in autotune.TUNED.values():
         assert len(tuned.gpu_configs) > 1 and all(isinstance(c, triton.Config) for c in tuned.gpu_configs)
+
+
+@pytest.mark.slow
+def test_autotune_runs_benchmark(capsys):
+    """benchmarks/autotune_runs.py --quick: a second process on the same disk cache tunes nothing."""
+    import stllr_kernels
+    from benchmarks import autotune_runs
+    try:
+        assert autotune_runs.main(["--quick"]) == 0
+    finally:
+        stllr_kernels.set_backend(None)
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| SHD | online")]
+    assert len(row) == 1, row
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    before_runs = int(cells[5].split("/")[1].split("(")[0])
+    after_runs = int(cells[7].split("/")[1].split("(")[0])
+    assert 0 < after_runs < before_runs
+    assert cells[8] == "0", "the later process must tune nothing"

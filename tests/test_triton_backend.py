@@ -153,9 +153,11 @@ def test_gemm_kernels_compile_for_sm90(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(stllr_kernels.__file__)),
                                          env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, path, "--quick", "--only", "linear dW,linear dx",
-                          "--variant", "bf16"], env=env, capture_output=True, text=True, timeout=600)
+                          "--variant", "bf16 linear", "--jobs", "1"], env=env, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.count("| ok |") == 2, out.stdout[-2000:]
+    assert "0 rows spill registers" in out.stdout, out.stdout[-2000:]
 
 
 def test_single_config_knob_leaves_one_config():

@@ -1,12 +1,15 @@
 """Autotuning that pays once: Triton's autotuner behind bucketed keys and a disk cache.
 
 `@autotune(configs, key=[...])` wraps `@triton.autotune`; a launch `kernel[grid](*args)` then
-  1. computes a *bucketed* key: each integer size named in `key` rounded up to a power of two (the
-     last partial batch, each new padded T of a dataset and every size in between share one key),
-     the other key values as they are, the dtypes of the tensor arguments, the device's name;
+  1. computes a *bucketed* key: each integer size named in `key` rounded up to a power of two (batch
+     sizes, padded lengths T and every size within the same power of two share a key), the other
+     key values as they are, the dtypes of the tensor arguments, the device's name;
   2. looks the key up in this process, then in the disk cache (one small JSON file per kernel and
      key under `cache_dir()`, written atomically: concurrent processes and DDP ranks share it);
-  3. only when both miss, lets Triton benchmark every config on these very arguments (launching
+  3. else takes the config of a tuned key that differs only in sizes that grow with the batch or the
+     sequence (the kernel's `reuse`), each at most REUSE_FACTOR (4) times larger: the last partial
+     batch, the short first part of a split sequence;
+  4. only when all miss, lets Triton benchmark every config on these very arguments (launching
      the best), and stores the winner in both caches. A hit launches the kernel with its config
      directly, with the exact sizes.
 
@@ -33,6 +36,8 @@ import triton
 
 CACHE_ENV = "STLLR_AUTOTUNE_CACHE"
 CACHE_OFF = ("0", "off", "none", "false")
+# a key not tuned yet takes the config of a tuned one up to this many times larger in every size
+REUSE_FACTOR = 4
 
 TUNED: dict[str, "Tuned"] = {}
 _forced_index: Optional[int] = None
@@ -100,15 +105,18 @@ class Tuned:
     """One autotuned kernel: `kernel[grid](*args, **kwargs)` as with @triton.autotune."""
 
     def __init__(self, fn, configs: ConfigSet, key: list, restore_value: Optional[list],
-                 interpreted: bool, single: bool):
+                 interpreted: bool, single: bool, reuse: tuple = ()):
         self.fn = fn
         self.name = fn.__name__
         self.key = list(key)
+        # positions in a tuning key (device name first) of the sizes a larger tuned key may stand in for
+        self._reusable = {1 + self.key.index(name) for name in reuse}
         self.gpu_configs = list(configs.tuned)
         self.configs = configs.candidates(interpreted, single)
         self.tuner = triton.autotune(configs=self.configs, key=self.key, restore_value=restore_value)(fn)
         self.arg_names = list(fn.arg_names)
-        self._chosen: dict[tuple, triton.Config] = {}
+        self._chosen: dict[tuple, triton.Config] = {}  # key -> config launched with it
+        self._tuned: dict[tuple, triton.Config] = {}   # the keys among them that were tuned (here or on disk)
         self.tuning_runs = 0  # keys benchmarked in this process (each over every config)
         TUNED[self.name] = self
 
@@ -116,31 +124,69 @@ class Tuned:
         return functools.partial(self._launch, grid)
 
     def keys(self, args, kwargs) -> tuple:
-        """(exact key as Triton forms it, bucketed key) of one launch."""
+        """(exact key as @triton.autotune forms it, bucketed key) of one launch."""
         named = {**dict(zip(self.arg_names, args)), **kwargs}
         dtypes = tuple(str(v.dtype) for v in named.values() if isinstance(v, torch.Tensor))
         exact = tuple(_key_value(named[k], False) for k in self.key) + dtypes
         bucketed = tuple(_key_value(named[k], True) for k in self.key) + dtypes
         return exact, bucketed
 
+    def tuning_key(self, args, kwargs) -> tuple:
+        """What a launch is tuned and cached by: the device's name and the bucketed key."""
+        device = next(v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+        return (_device_name(device), *self.keys(args, kwargs)[1])
+
+    def choose(self, key: tuple) -> Optional[triton.Config]:
+        """The config of `key` without tuning, if there is one: this process's, the disk cache's, or
+        that of a tuned key equal but for sizes named in `reuse` up to REUSE_FACTOR times larger (the
+        last partial batch, a shorter sequence); None: `key` must be tuned."""
+        config = self._chosen.get(key)
+        if config is None:
+            config = self._load(key)
+            if config is not None:
+                self._tuned[key] = config
+            else:
+                config = self._larger_neighbour(key)
+            if config is not None:
+                self._chosen[key] = config
+        return config
+
+    def record(self, key: tuple, config: triton.Config, timings: dict) -> None:
+        """Keep the tuned config of `key` in this process and on disk."""
+        self.tuning_runs += 1
+        self._chosen[key] = self._tuned[key] = config
+        self._store(key, config, timings)
+
+    def _larger_neighbour(self, key: tuple) -> Optional[triton.Config]:
+        best, best_ratio = None, None
+        for other, config in self._tuned.items():
+            if len(other) != len(key):
+                continue
+            ratio = 1
+            for i, (mine, theirs) in enumerate(zip(key, other)):
+                if i in self._reusable and isinstance(mine, int) and isinstance(theirs, int) and mine > 1:
+                    if not mine <= theirs <= REUSE_FACTOR * mine:
+                        break
+                    ratio *= theirs // mine
+                elif mine != theirs:
+                    break
+            else:
+                if best_ratio is None or ratio < best_ratio:
+                    best, best_ratio = config, ratio
+        return best
+
     def _launch(self, grid, *args, **kwargs):
         if _forced_index is not None:
             return self._run(grid, self.configs[_forced_index % len(self.configs)], args, kwargs)
         if len(self.configs) == 1:  # nothing to choose from: Triton launches it without tuning
             return self.tuner[grid](*args, **kwargs)
-        device = next(v.device for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
-        key = (_device_name(device), *self.keys(args, kwargs)[1])
-        config = self._chosen.get(key)
-        if config is None:
-            config = self._load(key)
+        key = self.tuning_key(args, kwargs)
+        config = self.choose(key)
         if config is not None:
-            self._chosen[key] = config
             return self._run(grid, config, args, kwargs)
-        # a new bucket: Triton benchmarks every config on these arguments, then launches the best
+        # a new key: Triton benchmarks every config on these arguments, then launches the best
         result = self.tuner[grid](*args, **kwargs)
-        self.tuning_runs += 1
-        self._chosen[key] = self.tuner.best_config
-        self._store(key, self.tuner.best_config, getattr(self.tuner, "configs_timings", {}))
+        self.record(key, self.tuner.best_config, getattr(self.tuner, "configs_timings", {}))
         return result
 
     def _run(self, grid, config: triton.Config, args, kwargs):
@@ -188,10 +234,12 @@ class Tuned:
                 os.unlink(f.name)
 
 
-def autotune(configs: ConfigSet, key: list, restore_value: Optional[list] = None):
-    """The decorator: `@autotune(configs, key=[...])` above `@triton.jit` (see the module doc)."""
+def autotune(configs: ConfigSet, key: list, restore_value: Optional[list] = None, reuse: tuple = ()):
+    """The decorator: `@autotune(configs, key=[...], reuse=(...))` above `@triton.jit` (see the module
+    doc); `reuse`: the sizes of `key` that grow with the batch or the sequence, for which a new key
+    may take the config of a larger tuned one."""
     from .common import INTERPRETED, SINGLE_CONFIG
 
     def wrap(fn) -> Tuned:
-        return Tuned(fn, configs, key, restore_value, INTERPRETED, SINGLE_CONFIG)
+        return Tuned(fn, configs, key, restore_value, INTERPRETED, SINGLE_CONFIG, tuple(reuse))
     return wrap

@@ -79,22 +79,24 @@ def elementwise_configs() -> ConfigSet:
 
 def sequence_configs() -> ConfigSet:
     """Block sizes of the kernels that loop over T with the state in registers (fewer, smaller
-    blocks: more programs in flight hide the latency of each step's load)."""
+    blocks: more programs in flight hide the latency of each step's load). 1024 with 4 warps, not 8:
+    with 8, triton 3.9's trace_sequence spilled 12 bytes (compile_check.md)."""
     return ConfigSet(triton.Config({"BLOCK": 256}, num_warps=4),
                      [triton.Config({"BLOCK": block}, num_warps=warps)
-                      for block, warps in ((128, 4), (256, 4), (512, 4), (1024, 8))])
+                      for block, warps in ((128, 4), (256, 4), (512, 4), (1024, 4))])
 
 
 # Tiles (m, n, r, warps, stages) of the eligibility GEMMs: output tile m x n, reduction chunk r.
 # Every config compiles without register spills in every variant with triton 3.6 for sm_90
-# (benchmarks/results/compile_check_triton36.md). The products formed while loading keep their tiles
-# in registers, and software pipelining (stages >= 2) keeps the next chunk's tiles live too: most
-# configs run unpipelined (stages 1; other warps and blocks hide the load latency), and no tile is
-# 128 x 128 (it spilled in every setting tried).
+# (benchmarks/results/compile_check_triton36.md) and 3.9. The products formed while loading keep their
+# tiles in registers, and software pipelining (stages >= 2) keeps the next chunk's tiles live too: the
+# dx configs and most dW ones run unpipelined (stages 1; other warps and blocks hide the load
+# latency; float16 weights converted to float32 spilled up to 600 bytes pipelined), and dW has no
+# 128 x 128 tile (it spilled in every setting tried).
 WEIGHT_GRAD_TILES = ((64, 64, 32, 8, 2), (128, 64, 32, 8, 1), (64, 128, 32, 8, 1), (64, 64, 64, 8, 2),
                      (32, 64, 32, 4, 1), (64, 64, 32, 4, 1))
 SIGNAL_GRAD_TILES = ((64, 64, 32, 4, 1), (128, 64, 32, 8, 1), (64, 128, 32, 8, 1), (128, 128, 32, 8, 1),
-                     (64, 64, 64, 8, 1), (32, 64, 32, 4, 2))
+                     (64, 64, 64, 8, 1), (32, 64, 32, 4, 1))
 
 
 def gemm_configs(m: str, n: str, r: str, tiles) -> ConfigSet:

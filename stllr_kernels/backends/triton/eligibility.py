@@ -43,7 +43,7 @@ def _tile(ptr, rows, cols, s_row, s_col, mask):
 
 
 @autotune(gemm_configs("BLOCK_N", "BLOCK_K", "BLOCK_B", WEIGHT_GRAD_TILES),
-          key=["N", "K", "B", "DOT_DTYPE", "INPUT_PRECISION"], restore_value=["dw_ptr", "db_ptr"])
+          key=["N", "K", "B", "DOT_DTYPE", "INPUT_PRECISION"], restore_value=["dw_ptr", "db_ptr"], reuse=["B"])
 @triton.jit
 def _eligibility_dw_kernel(
     # pointers: [B, N] post side, [B, K] pre side, outputs dW [N, K], db [N]
@@ -111,7 +111,7 @@ def _eligibility_dw_kernel(
 
 
 @autotune(gemm_configs("BLOCK_B", "BLOCK_K", "BLOCK_N", SIGNAL_GRAD_TILES),
-          key=["B", "N", "K", "DOT_DTYPE", "INPUT_PRECISION"])
+          key=["B", "N", "K", "DOT_DTYPE", "INPUT_PRECISION"], reuse=["B"])
 @triton.jit
 def _signal_dx_kernel(
     # pointers: L, psi [B, N], W [N, K], dx [B, K]
@@ -143,7 +143,7 @@ def _signal_dx_kernel(
              mask=mask_b[:, None] & mask_k[None, :])
 
 
-@autotune(elementwise_configs(), key=["n"])
+@autotune(elementwise_configs(), key=["n"], reuse=["n"])
 @triton.jit
 def _conv_products_kernel(
     l_ptr, psi_ptr, causal_ptr, prev_ptr, grads_ptr, gpsi_ptr,

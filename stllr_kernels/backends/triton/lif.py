@@ -14,7 +14,7 @@ from .common import (check_save_from, check_scalar, check_state, check_tensor, e
                      lif_update, sequence_configs)
 
 
-@autotune(elementwise_configs(), key=["n"])
+@autotune(elementwise_configs(), key=["n"], reuse=["n"])
 @triton.jit
 def _lif_step_kernel(
     # pointers: inputs
@@ -70,7 +70,7 @@ def lif_step(current, v, trpost, beta, theta, cfg: RuleConfig):
     return s, v_new, tr_new, psi
 
 
-@autotune(sequence_configs(), key=["n", "T"])
+@autotune(sequence_configs(), key=["n", "T"], reuse=["n", "T"])
 @triton.jit
 def _lif_sequence_kernel(
     # pointers: inputs

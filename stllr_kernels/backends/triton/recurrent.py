@@ -88,7 +88,7 @@ def _recurrent_step_kernel(
     tl.store(trrec_ptr + tile + offs, lambda_pre * trrec + spike, mask=m)
 
 
-@autotune(sequence_configs(), key=["n", "T"])
+@autotune(sequence_configs(), key=["n", "T"], reuse=["n", "T"])
 @triton.jit
 def _leaky_scan_kernel(cur_ptr, v_ptr, beta_ptr, out_ptr, n, T, BLOCK: tl.constexpr):
     """out[t] = beta * out[t-1] + I[t] (out[-1] = v) over currents [T, n]; v stays in registers."""
@@ -105,7 +105,7 @@ def _leaky_scan_kernel(cur_ptr, v_ptr, beta_ptr, out_ptr, n, T, BLOCK: tl.conste
         out_ptrs += n
 
 
-@autotune(sequence_configs(), key=["n", "D"])
+@autotune(sequence_configs(), key=["n", "D"], reuse=["n", "D"])
 @triton.jit
 def _reverse_eligibility_kernel(l_ptr, causal_ptr, prev_ptr, a_ptr, c_ptr, n, D, last_row, lambda_pre,
                                 alpha_post, alpha_pre, BLOCK: tl.constexpr):

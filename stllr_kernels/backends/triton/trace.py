@@ -10,7 +10,7 @@ from .autotune import autotune
 from .common import check_save_from, check_tensor, elementwise_configs, flat, sequence_configs
 
 
-@autotune(elementwise_configs(), key=["n"])
+@autotune(elementwise_configs(), key=["n"], reuse=["n"])
 @triton.jit
 def _pre_trace_kernel(tr_ptr, x_ptr, out_ptr, n, decay, BLOCK: tl.constexpr):
     """out = decay * tr + x over n elements, in out's dtype."""
@@ -22,7 +22,7 @@ def _pre_trace_kernel(tr_ptr, x_ptr, out_ptr, n, decay, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, decay * tr + x, mask=mask)
 
 
-@autotune(sequence_configs(), key=["n", "T"])
+@autotune(sequence_configs(), key=["n", "T"], reuse=["n", "T"])
 @triton.jit
 def _trace_sequence_kernel(x_ptr, tr_ptr, saved_ptr, out_ptr, n, T, save_from, decay,
                            BLOCK: tl.constexpr):
