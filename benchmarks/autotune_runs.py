@@ -154,7 +154,8 @@ def report(rows: list, seconds: float, command: str) -> str:
         "- before: @triton.autotune keyed by the exact sizes, no disk cache: the runs repeat in every "
         "process and every DDP rank, and on each new batch size or padded T",
         f"- after: sizes rounded up to powers of two (buckets); a bucket not tuned yet takes the config of a tuned "
-        f"one up to {REUSE_FACTOR}x larger in every size; the winners kept on disk (STLLR_AUTOTUNE_CACHE, default "
+        f"one up to {REUSE_FACTOR}x larger in the sizes that grow with the batch or the sequence (the GEMMs' rows B; "
+        "the element-wise and sequence kernels' n and T); the winners kept on disk (STLLR_AUTOTUNE_CACHE, default "
         "`<TRITON_CACHE_DIR>/stllr_autotune`); later processes: the same epoch again in a new process (memory "
         "cleared) on the same disk cache, as a resumed run or another DDP rank would",
         "",

@@ -16,6 +16,8 @@ import torch
 
 from stllr_kernels.backends import unavailable_reason
 
+from conftest import assert_close_policy
+
 pytestmark = pytest.mark.skipif(unavailable_reason("triton", "cpu") is not None,
                                 reason=str(unavailable_reason("triton", "cpu")))
 
@@ -74,7 +76,7 @@ def launch(tuned: Tuned, n: int, T: int, seed: int = 0):
     out = torch.full_like(x, float("nan"))
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
     tuned[grid](x, out, n, T, 3.0)
-    torch.testing.assert_close(out, 3.0 * x, rtol=0, atol=0)
+    assert_close_policy(out, 3.0 * x)
 
 
 def test_bucket():
@@ -157,6 +159,19 @@ def test_forced_config_runs_that_config_without_tuning(cache):
             launch(tuned, 100, 3)
     assert used == [CONFIGS[0], CONFIGS[1], CONFIGS[2], CONFIGS[0]]
     assert tuner.benchmarks == 0 and not tuned._chosen
+
+
+def test_forced_config_reaches_every_gpu_config_of_the_real_kernels(seed):
+    """In the interpreter each kernel has one candidate, but forced_config runs its GPU configs:
+    pre_trace with each of its block sizes gives the reference's result."""
+    from stllr_kernels import reference as R
+    from stllr_kernels.backends.triton import trace
+    assert autotune.max_configs() >= len(autotune.TUNED["_pre_trace_kernel"].gpu_configs) > 1
+    g = torch.Generator().manual_seed(seed)
+    x, tr = (torch.rand(5000, generator=g) < 0.3).float(), torch.rand(5000, generator=g)
+    for i in range(len(autotune.TUNED["_pre_trace_kernel"].gpu_configs)):
+        with autotune.forced_config(i):
+            assert_close_policy(trace.pre_trace(tr, x, 0.7), R.pre_trace(tr, x, 0.7))
 
 
 def test_concurrent_writers_and_readers_see_whole_entries(cache):

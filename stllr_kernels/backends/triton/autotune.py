@@ -14,7 +14,8 @@
      directly, with the exact sizes.
 
 Every autotuned kernel is registered in `TUNED` (kernel name -> Tuned), so a check can reach its
-configs (`Tuned.gpu_configs`) and run each of them (`forced_config(i)`). In Triton's interpreter and
+configs (`Tuned.gpu_configs`) and run each of them (`with forced_config(i):`, i up to the largest
+number of configs: `max_configs()`). In Triton's interpreter and
 under STLLR_TRITON_SINGLE_CONFIG=1 a kernel has one candidate config: nothing is tuned or cached.
 
 STLLR_AUTOTUNE_CACHE=DIR moves the disk cache (default: `stllr_autotune/` in Triton's cache
@@ -78,14 +79,20 @@ def cache_dir() -> Optional[str]:
 
 @contextlib.contextmanager
 def forced_config(index: int):
-    """Launch every autotuned kernel with config `index` of its candidates (modulo their number),
-    without tuning: lets a check run each config of each kernel at least once."""
+    """Launch every autotuned kernel with config `index` of its GPU configs (`gpu_configs`, modulo
+    their number), without tuning, also under STLLR_TRITON_SINGLE_CONFIG=1 and in the interpreter:
+    lets a check run each config of each kernel at least once."""
     global _forced_index
     previous, _forced_index = _forced_index, index
     try:
         yield
     finally:
         _forced_index = previous
+
+
+def max_configs() -> int:
+    """The most GPU configs any autotuned kernel has: forced_config(0 .. max_configs() - 1) runs them all."""
+    return max(len(t.gpu_configs) for t in TUNED.values())
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,7 +184,7 @@ class Tuned:
 
     def _launch(self, grid, *args, **kwargs):
         if _forced_index is not None:
-            return self._run(grid, self.configs[_forced_index % len(self.configs)], args, kwargs)
+            return self._run(grid, self.gpu_configs[_forced_index % len(self.gpu_configs)], args, kwargs)
         if len(self.configs) == 1:  # nothing to choose from: Triton launches it without tuning
             return self.tuner[grid](*args, **kwargs)
         key = self.tuning_key(args, kwargs)
