@@ -37,7 +37,8 @@ import triton
 
 CACHE_ENV = "STLLR_AUTOTUNE_CACHE"
 CACHE_OFF = ("0", "off", "none", "false")
-# a key not tuned yet takes the config of a tuned one up to this many times larger in every size
+# a key not tuned yet takes the config of a tuned one up to this many times larger in each of the
+# sizes its kernel names in `reuse` (those that grow with the batch or the sequence)
 REUSE_FACTOR = 4
 
 TUNED: dict[str, "Tuned"] = {}
