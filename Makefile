@@ -76,7 +76,8 @@ gpu-check:
 gpu-check-cpu: venv
 	$(PY) -m benchmarks.gpu_check --cpu-interpret --out $(GPU_CHECK_OUT)
 
-# every Triton kernel compiled for sm_90 with triton 3.6.0, the GPU machine's version, without a GPU:
+# every Triton kernel compiled for sm_90 with triton 3.6.0, the GPU machine's version, without a GPU (it
+# fails on a compile error or a register spill):
 # triton 3.6.0 goes into its own directory (pip --target), ahead of the venv's triton on PYTHONPATH
 TRITON36 ?= .venv-triton36
 $(TRITON36)/.installed:

@@ -22,8 +22,8 @@ BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(unavailable_reason(name,
 CONFIGS = [RuleConfig(0.5, 1.0, 1.0, 1.0, "fast_sigmoid", "soft", "psi"),
            RuleConfig(0.3, 0.8, -0.2, 1.0, "triangle", "hard", "spike"),
            RuleConfig(0.0, 0.6, 0.0, 1.0, "sigmoid", "soft", "psi")]
-# (T, B, K, N): one of everything, odd sizes, a block + 1
-SHAPES = [(1, 1, 1, 1), (5, 3, 7, 33), (3, 2, 40, 65)]
+# (T, B, K, N): one of everything, odd sizes, a block + 1 (the recurrent step tiles B and N by 32)
+SHAPES = [(1, 1, 1, 1), (5, 3, 7, 33), (3, 34, 40, 65)]
 
 
 def dyadic(*shape, scale=1.0):

@@ -153,18 +153,23 @@ def test_gemm_kernels_compile_for_sm90(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(stllr_kernels.__file__)),
                                          env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, path, "--quick", "--only", "linear dW,linear dx",
-                          "--variant", "bf16"], env=env, capture_output=True, text=True, timeout=600)
+                          "--variant", "bf16 linear", "--jobs", "1"], env=env, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.count("| ok |") == 2, out.stdout[-2000:]
+    assert "0 rows spill registers" in out.stdout, out.stdout[-2000:]
 
 
-def test_single_config_knob_leaves_one_config(monkeypatch):
-    """STLLR_TRITON_SINGLE_CONFIG=1 (a GPU test run): one config per kernel, no autotuning."""
-    from stllr_kernels.backends.triton import common
-    monkeypatch.setattr(common, "INTERPRETED", False)
-    tuned = [len(f()) for f in (common.elementwise_configs, common.sequence_configs,
-                                lambda: common.gemm_configs("A", "B", "C"))]
-    assert min(tuned) > 1
-    monkeypatch.setattr(common, "SINGLE_CONFIG", True)
-    assert [len(f()) for f in (common.elementwise_configs, common.sequence_configs,
-                               lambda: common.gemm_configs("A", "B", "C"))] == [1, 1, 1]
+def test_single_config_knob_leaves_one_config():
+    """STLLR_TRITON_SINGLE_CONFIG=1 (a GPU test run): one config per kernel, no autotuning; the
+    interpreter gets its own one config; every autotuned kernel is in the registry."""
+    from stllr_kernels.backends.triton import autotune, common
+    sets = [common.elementwise_configs(), common.sequence_configs(),
+            common.gemm_configs("A", "B", "C", common.WEIGHT_GRAD_TILES)]
+    assert min(len(s.candidates(interpreted=False, single=False)) for s in sets) > 1
+    assert [len(s.candidates(interpreted=False, single=True)) for s in sets] == [1, 1, 1]
+    assert all(s.candidates(interpreted=True, single=False) == [s.interpreted] for s in sets)
+    assert {"_lif_step_kernel", "_lif_sequence_kernel", "_pre_trace_kernel", "_trace_sequence_kernel",
+            "_eligibility_dw_kernel", "_signal_dx_kernel", "_conv_products_kernel", "_leaky_scan_kernel",
+            "_reverse_eligibility_kernel"} == set(autotune.TUNED)
+    assert all(len(t.configs) == 1 and len(t.gpu_configs) > 1 for t in autotune.TUNED.values())

@@ -97,7 +97,35 @@ else:
 
 __all__ = ["lif_step", "pre_trace", "lif_sequence", "trace_sequence", "linear_backward",
            "conv_backward", "recurrent_sequence", "readout_sequence", "recurrent_backward",
-           "standardize_backward", "recurrent_backward_reverse", "unavailable_reason"]
+           "standardize_backward", "recurrent_backward_reverse", "unavailable_reason", "is_compile_failure"]
+
+_TRITON_DIR = os.path.dirname(triton.__file__) + os.sep if _IMPORT_ERROR is None else None
+
+
+def is_compile_failure(exc: BaseException) -> bool:
+    """True when `exc` says a kernel could not be compiled or launched on this device (what lets
+    `auto` fall back to another backend): Triton's compilation and ptxas errors, too little shared
+    memory or too many registers (OutOfResources), and any other error with a Triton frame in its
+    traceback (a failed compiler pass, the launcher's C build, a missing C compiler). Never an
+    argument error (ValueError, TypeError: ours and Triton's) and never an error of the CUDA runtime
+    (a launch that failed on the device, out of memory): falling back would hide a bug or run on
+    with corrupted state."""
+    if _IMPORT_ERROR is not None or isinstance(exc, (ValueError, TypeError)):
+        return False
+    from triton.compiler.errors import CompilationError
+    from triton.runtime import errors
+    typed = (CompilationError, errors.OutOfResources, getattr(errors, "PTXASError", CompilationError))
+    if isinstance(exc, typed):
+        return True
+    if isinstance(exc, getattr(torch, "AcceleratorError", ())) or "CUDA" in str(exc) or \
+            isinstance(exc, errors.InterpreterError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:  # raised while Triton was running (its compiler, its launcher's C build)
+        if os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_TRITON_DIR):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def unavailable_reason(name: str, device_type: str) -> Optional[str]:

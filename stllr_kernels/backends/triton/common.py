@@ -2,7 +2,8 @@
 that lists autotune configs, and the checks the launchers run on their arguments.
 
 Interpreter mode (TRITON_INTERPRET=1, decided by Triton when a kernel is *defined*) gets a single
-config per kernel, so tests never benchmark and stay fast. On a GPU, STLLR_TRITON_SINGLE_CONFIG=1
+config per kernel, so tests never benchmark and stay fast (autotune.py holds how the configs are
+chosen on a GPU: bucketed keys, a disk cache). On a GPU, STLLR_TRITON_SINGLE_CONFIG=1
 (read when the kernels are defined) does the same with the first config of each list: no autotuning,
 so the test suite finishes in minutes there (benchmarks/gpu_check.py's correctness run).
 """
@@ -17,6 +18,7 @@ from triton import knobs
 
 from ...psi import PSI_CODES
 from ...reference import state_dtype
+from .autotune import ConfigSet
 
 # True when this module's kernels were defined for Triton's CPU interpreter.
 INTERPRETED = bool(knobs.runtime.interpret)
@@ -70,39 +72,41 @@ def lif_update(cur, v, tr, beta, theta, lambda_post, PSI: tl.constexpr, SOFT_RES
 
 # ----------------------------------------------------------------------------- autotune configs
 
-def _candidates(interpreted: "triton.Config", tuned: list) -> list:
-    """What @triton.autotune chooses from: `interpreted` alone in the interpreter, the first of
-    `tuned` alone under STLLR_TRITON_SINGLE_CONFIG=1, else all of `tuned`."""
-    if INTERPRETED:
-        return [interpreted]
-    return tuned[:1] if SINGLE_CONFIG else tuned
-
-
-def elementwise_configs():
+def elementwise_configs() -> ConfigSet:
     """Block sizes of the element-wise and per-neuron sequence kernels."""
-    return _candidates(triton.Config({"BLOCK": 256}, num_warps=4),
-                       [triton.Config({"BLOCK": block}, num_warps=warps)
-                        for block, warps in ((512, 4), (1024, 4), (2048, 8), (4096, 8))])
+    return ConfigSet(triton.Config({"BLOCK": 256}, num_warps=4),
+                     [triton.Config({"BLOCK": block}, num_warps=warps)
+                      for block, warps in ((512, 4), (1024, 4), (2048, 8), (4096, 8))])
 
 
-def sequence_configs():
+def sequence_configs() -> ConfigSet:
     """Block sizes of the kernels that loop over T with the state in registers (fewer, smaller
-    blocks: more programs in flight hide the latency of each step's load)."""
-    return _candidates(triton.Config({"BLOCK": 256}, num_warps=4),
-                       [triton.Config({"BLOCK": block}, num_warps=warps)
-                        for block, warps in ((128, 4), (256, 4), (512, 4), (1024, 8))])
+    blocks: more programs in flight hide the latency of each step's load). 1024 with 4 warps, not 8:
+    with 8, triton 3.9's trace_sequence spilled 12 bytes (compile_check.md)."""
+    return ConfigSet(triton.Config({"BLOCK": 256}, num_warps=4),
+                     [triton.Config({"BLOCK": block}, num_warps=warps)
+                      for block, warps in ((128, 4), (256, 4), (512, 4), (1024, 4))])
 
 
-def gemm_configs(m: str, n: str, r: str):
-    """Tiles of the eligibility GEMMs: output tile (m x n), reduction chunk r (names of the kernel's
-    meta-parameters). Interpreter: one 32-cube (tl.dot needs blocks >= 16)."""
-    # (m, n, r, warps, stages): few enough that first-use tuning stays in seconds; 8 warps for the
-    # tiles with a 128 side, whose products formed in registers spill with 4 (compile_check.md)
-    shapes = ((64, 64, 32, 4, 4), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (128, 128, 32, 8, 2),
-              (64, 64, 64, 8, 3), (32, 64, 32, 4, 3))
-    return _candidates(triton.Config({m: 32, n: 32, r: 32}, num_warps=4),
-                       [triton.Config({m: bm, n: bn, r: br}, num_warps=w, num_stages=s)
-                        for bm, bn, br, w, s in shapes])
+# Tiles (m, n, r, warps, stages) of the eligibility GEMMs: output tile m x n, reduction chunk r.
+# Every config compiles without register spills in every variant with triton 3.6 for sm_90
+# (benchmarks/results/compile_check_triton36.md) and 3.9. The products formed while loading keep their
+# tiles in registers, and software pipelining (stages >= 2) keeps the next chunk's tiles live too: the
+# dx configs and most dW ones run unpipelined (stages 1; other warps and blocks hide the load
+# latency; float16 weights converted to float32 spilled up to 600 bytes pipelined), and dW has no
+# 128 x 128 tile (it spilled in every setting tried).
+WEIGHT_GRAD_TILES = ((64, 64, 32, 8, 2), (128, 64, 32, 8, 1), (64, 128, 32, 8, 1), (64, 64, 64, 8, 2),
+                     (32, 64, 32, 4, 1), (64, 64, 32, 4, 1))
+SIGNAL_GRAD_TILES = ((64, 64, 32, 4, 1), (128, 64, 32, 8, 1), (64, 128, 32, 8, 1), (128, 128, 32, 8, 1),
+                     (64, 64, 64, 8, 1), (32, 64, 32, 4, 1))
+
+
+def gemm_configs(m: str, n: str, r: str, tiles) -> ConfigSet:
+    """Configs of an eligibility GEMM from its `tiles` (m, n, r: names of the kernel's meta-parameters).
+    Interpreter: one 32-cube (tl.dot needs blocks >= 16)."""
+    return ConfigSet(triton.Config({m: 32, n: 32, r: 32}, num_warps=4),
+                     [triton.Config({m: bm, n: bn, r: br}, num_warps=w, num_stages=s)
+                      for bm, bn, br, w, s in tiles])
 
 
 # ----------------------------------------------------------------------------- launcher helpers

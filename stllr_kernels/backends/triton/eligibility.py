@@ -31,7 +31,9 @@ import triton
 import triton.language as tl
 
 from ...reference import state_dtype
-from .common import check_tensor, dot_config, elementwise_configs, gemm_configs
+from .autotune import autotune
+from .common import (SIGNAL_GRAD_TILES, WEIGHT_GRAD_TILES, check_tensor, dot_config, elementwise_configs,
+                     gemm_configs)
 
 
 @triton.jit
@@ -40,9 +42,8 @@ def _tile(ptr, rows, cols, s_row, s_col, mask):
     return tl.load(ptr + rows[:, None] * s_row + cols[None, :] * s_col, mask=mask, other=0.0)
 
 
-@triton.autotune(configs=gemm_configs("BLOCK_N", "BLOCK_K", "BLOCK_B"),
-                 key=["N", "K", "B", "DOT_DTYPE", "INPUT_PRECISION"],
-                 restore_value=["dw_ptr", "db_ptr"])
+@autotune(gemm_configs("BLOCK_N", "BLOCK_K", "BLOCK_B", WEIGHT_GRAD_TILES),
+          key=["N", "K", "B", "DOT_DTYPE", "INPUT_PRECISION"], restore_value=["dw_ptr", "db_ptr"], reuse=["B"])
 @triton.jit
 def _eligibility_dw_kernel(
     # pointers: [B, N] post side, [B, K] pre side, outputs dW [N, K], db [N]
@@ -109,8 +110,8 @@ def _eligibility_dw_kernel(
         tl.store(w_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=m_nk)
 
 
-@triton.autotune(configs=gemm_configs("BLOCK_B", "BLOCK_K", "BLOCK_N"),
-                 key=["B", "N", "K", "DOT_DTYPE", "INPUT_PRECISION"])
+@autotune(gemm_configs("BLOCK_B", "BLOCK_K", "BLOCK_N", SIGNAL_GRAD_TILES),
+          key=["B", "N", "K", "DOT_DTYPE", "INPUT_PRECISION"], reuse=["B"])
 @triton.jit
 def _signal_dx_kernel(
     # pointers: L, psi [B, N], W [N, K], dx [B, K]
@@ -142,7 +143,7 @@ def _signal_dx_kernel(
              mask=mask_b[:, None] & mask_k[None, :])
 
 
-@triton.autotune(configs=elementwise_configs(), key=["n"])
+@autotune(elementwise_configs(), key=["n"], reuse=["n"])
 @triton.jit
 def _conv_products_kernel(
     l_ptr, psi_ptr, causal_ptr, prev_ptr, grads_ptr, gpsi_ptr,

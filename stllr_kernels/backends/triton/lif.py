@@ -9,11 +9,12 @@ import triton.language as tl
 from ...config import RuleConfig
 from ...psi import PSI_CODES
 from ...reference import state_dtype
+from .autotune import autotune
 from .common import (check_save_from, check_scalar, check_state, check_tensor, elementwise_configs, flat,
                      lif_update, sequence_configs)
 
 
-@triton.autotune(configs=elementwise_configs(), key=["n"])
+@autotune(elementwise_configs(), key=["n"], reuse=["n"])
 @triton.jit
 def _lif_step_kernel(
     # pointers: inputs
@@ -69,7 +70,7 @@ def lif_step(current, v, trpost, beta, theta, cfg: RuleConfig):
     return s, v_new, tr_new, psi
 
 
-@triton.autotune(configs=sequence_configs(), key=["n", "T"])
+@autotune(sequence_configs(), key=["n", "T"], reuse=["n", "T"])
 @triton.jit
 def _lif_sequence_kernel(
     # pointers: inputs

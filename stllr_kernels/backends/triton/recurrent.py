@@ -20,7 +20,8 @@ import triton.language as tl
 from ...config import RuleConfig
 from ...psi import PSI_CODES
 from ...reference import state_dtype
-from .common import (INTERPRETED, check_save_from, check_scalar, check_tensor, dot_config, flat, lif_update,
+from .autotune import autotune
+from .common import (check_save_from, check_scalar, check_tensor, dot_config, flat, lif_update,
                      sequence_configs)
 from .eligibility import eligibility_weight_grad, linear_backward, signal_grad
 from .trace import trace_sequence
@@ -44,42 +45,50 @@ def _recurrent_step_kernel(
     """Tile (b, n) of one recurrent step: acc = s[t-1] @ W_rec^T, then the epilogue
     I = I_in + acc (rounded to I's dtype, as the reference adds), LIF, trpost, and
     trrec = lambda_pre * trrec + s. SAVE writes psi[t], trpost[t-1], s[t-1], trrec[t-1]."""
-    rb = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    rn = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rr0 = tl.arange(0, BLOCK_R).to(tl.int64)
-    mask_b = rb < B
-    mask_n = rn < N
+    # int64 only in the tile's base offsets; int32 inside a tile (the launcher keeps BLOCK * N
+    # below 2^31): int64 offsets of every element cost 2 registers each (compile_check.py)
+    b_start = tl.program_id(0) * BLOCK_B
+    n_start = tl.program_id(1) * BLOCK_N
+    lb = tl.arange(0, BLOCK_B)
+    ln = tl.arange(0, BLOCK_N)
+    lr = tl.arange(0, BLOCK_R)
+    mask_b = lb < B - b_start
+    mask_n = ln < N - n_start
+    a_ptrs = sp_ptr + b_start.to(tl.int64) * N + (lb[:, None] * N + lr[None, :])
+    w_ptrs = wr_ptr + n_start.to(tl.int64) * s_wn + (ln[None, :] * s_wn + lr[:, None] * s_wk)
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, N, BLOCK_R):
-        rr = r0 + rr0
-        a = tl.load(sp_ptr + rb[:, None] * N + rr[None, :], mask=mask_b[:, None] & (rr[None, :] < N), other=0.0)
-        w = tl.load(wr_ptr + rn[None, :] * s_wn + rr[:, None] * s_wk, mask=(rr[:, None] < N) & mask_n[None, :],
-                    other=0.0)
+        mask_r = lr < N - r0
+        a = tl.load(a_ptrs, mask=mask_b[:, None] & mask_r[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=mask_r[:, None] & mask_n[None, :], other=0.0)
         acc = tl.dot(a.to(DOT_DTYPE), w.to(DOT_DTYPE), acc, input_precision=INPUT_PRECISION)
-    offs = rb[:, None] * N + rn[None, :]
+        a_ptrs += BLOCK_R
+        w_ptrs += BLOCK_R * s_wk
+    tile = b_start.to(tl.int64) * N + n_start
+    offs = lb[:, None] * N + ln[None, :]
     m = mask_b[:, None] & mask_n[None, :]
-    v = tl.load(v_ptr + offs, mask=m, other=0.0)
-    tr = tl.load(tr_ptr + offs, mask=m, other=0.0)
-    trrec = tl.load(trrec_ptr + offs, mask=m, other=0.0)
+    v = tl.load(v_ptr + tile + offs, mask=m, other=0.0)
+    tr = tl.load(tr_ptr + tile + offs, mask=m, other=0.0)
+    trrec = tl.load(trrec_ptr + tile + offs, mask=m, other=0.0)
     cur_ty = cur_ptr.dtype.element_ty
-    cur_in = tl.load(cur_ptr + offs, mask=m, other=0.0)
+    cur_in = tl.load(cur_ptr + tile + offs, mask=m, other=0.0)
     rec = acc.to(cur_ty, fp_downcast_rounding="rtne").to(tl.float32)
     cur = (cur_in.to(tl.float32) + rec).to(cur_ty, fp_downcast_rounding="rtne").to(v.dtype)
     beta = tl.load(beta_ptr).to(v.dtype)
     theta = tl.load(theta_ptr).to(v.dtype)
     spike, v_new, tr_new, psi = lif_update(cur, v, tr, beta, theta, lambda_post, PSI, SOFT_RESET, POST_SPIKE)
     if SAVE:
-        tl.store(psi_ptr + offs, psi, mask=m)
-        tl.store(prev_ptr + offs, tr, mask=m)
-        tl.store(trrec_save_ptr + offs, trrec, mask=m)
-        tl.store(sp_save_ptr + offs, tl.load(sp_ptr + offs, mask=m, other=0.0), mask=m)
-    tl.store(s_ptr + offs, spike.to(s_ptr.dtype.element_ty), mask=m)
-    tl.store(v_ptr + offs, v_new, mask=m)
-    tl.store(tr_ptr + offs, tr_new, mask=m)
-    tl.store(trrec_ptr + offs, lambda_pre * trrec + spike, mask=m)
+        tl.store(psi_ptr + tile + offs, psi, mask=m)
+        tl.store(prev_ptr + tile + offs, tr, mask=m)
+        tl.store(trrec_save_ptr + tile + offs, trrec, mask=m)
+        tl.store(sp_save_ptr + tile + offs, tl.load(sp_ptr + tile + offs, mask=m, other=0.0), mask=m)
+    tl.store(s_ptr + tile + offs, spike.to(s_ptr.dtype.element_ty), mask=m)
+    tl.store(v_ptr + tile + offs, v_new, mask=m)
+    tl.store(tr_ptr + tile + offs, tr_new, mask=m)
+    tl.store(trrec_ptr + tile + offs, lambda_pre * trrec + spike, mask=m)
 
 
-@triton.autotune(configs=sequence_configs(), key=["n", "T"])
+@autotune(sequence_configs(), key=["n", "T"], reuse=["n", "T"])
 @triton.jit
 def _leaky_scan_kernel(cur_ptr, v_ptr, beta_ptr, out_ptr, n, T, BLOCK: tl.constexpr):
     """out[t] = beta * out[t-1] + I[t] (out[-1] = v) over currents [T, n]; v stays in registers."""
@@ -96,7 +105,7 @@ def _leaky_scan_kernel(cur_ptr, v_ptr, beta_ptr, out_ptr, n, T, BLOCK: tl.conste
         out_ptrs += n
 
 
-@triton.autotune(configs=sequence_configs(), key=["n", "D"])
+@autotune(sequence_configs(), key=["n", "D"], reuse=["n", "D"])
 @triton.jit
 def _reverse_eligibility_kernel(l_ptr, causal_ptr, prev_ptr, a_ptr, c_ptr, n, D, last_row, lambda_pre,
                                 alpha_post, alpha_pre, BLOCK: tl.constexpr):
@@ -117,10 +126,12 @@ def _reverse_eligibility_kernel(l_ptr, causal_ptr, prev_ptr, a_ptr, c_ptr, n, D,
     tl.store(c_ptr + offs, alpha_pre * G, mask=mask)
 
 
-def _step_blocks():
-    """(BLOCK_B, BLOCK_N, BLOCK_R, warps) of the recurrent step: fixed (the states are updated in
-    place, which autotuning would have to restore between trials)."""
-    return (32, 32, 32, 4) if INTERPRETED else (64, 64, 32, 4)
+# The recurrent step's tile, fixed (the states are updated in place, which autotuning would have to
+# restore between trials) and the same in the interpreter. 32 x 32 with 4 warps: no register spills
+# in any variant (64 x 64 spilled 0.7-2 KB per thread, benchmarks/results/compile_check_triton36.md),
+# and 4x the thread blocks of 64 x 64 at the SHD size (60 for B = 128, N = 450, on 132 SMs); the
+# price, reading s[t-1] and W_rec twice as often per output, is paid from L2 (W_rec: N^2 floats).
+STEP_CONFIG = triton.Config({"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_R": 32}, num_warps=4, num_stages=3)
 
 
 def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, trrec, beta, theta,
@@ -159,9 +170,11 @@ def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, tr
         trpost.clone(memory_format=torch.contiguous_format), trrec.clone(memory_format=torch.contiguous_format)
     sp = s_prev.contiguous()
     if B and N:
-        bb, bn, br, warps = _step_blocks()
+        blocks = STEP_CONFIG.kwargs
+        if max(blocks.values()) * max(N, weight_rec.stride(0)) >= 2 ** 31:  # the kernel's int32 tile offsets
+            raise ValueError(f"weight_rec: N = {N} is too large for the Triton recurrent step (int32 offsets)")
         dt, precision = dot_config(x.dtype)
-        grid = (triton.cdiv(B, bb), triton.cdiv(N, bn))
+        grid = (triton.cdiv(B, blocks["BLOCK_B"]), triton.cdiv(N, blocks["BLOCK_N"]))
         for t in range(T):
             save = t >= save_from
             j = max(t - save_from, 0)
@@ -173,8 +186,7 @@ def recurrent_sequence(x, weight, bias, weight_rec, s_prev, v, trpost, trpre, tr
                 B, N, weight_rec.stride(0), weight_rec.stride(1),
                 float(cfg.lambda_post), float(cfg.lambda_pre),
                 PSI=PSI_CODES[cfg.psi], SOFT_RESET=cfg.reset == "soft", POST_SPIKE=cfg.post == "spike",
-                SAVE=save, DOT_DTYPE=dt, INPUT_PRECISION=precision,
-                BLOCK_B=bb, BLOCK_N=bn, BLOCK_R=br, num_warps=warps,
+                SAVE=save, DOT_DTYPE=dt, INPUT_PRECISION=precision, **STEP_CONFIG.all_kwargs(),
                 enable_fp_fusion=False)  # no FMA in the LIF: spikes bit-equal to the reference
             sp = s_seq[t]
     elif T:

@@ -6,10 +6,11 @@ import triton
 import triton.language as tl
 
 from ...reference import state_dtype
+from .autotune import autotune
 from .common import check_save_from, check_tensor, elementwise_configs, flat, sequence_configs
 
 
-@triton.autotune(configs=elementwise_configs(), key=["n"])
+@autotune(elementwise_configs(), key=["n"], reuse=["n"])
 @triton.jit
 def _pre_trace_kernel(tr_ptr, x_ptr, out_ptr, n, decay, BLOCK: tl.constexpr):
     """out = decay * tr + x over n elements, in out's dtype."""
@@ -21,7 +22,7 @@ def _pre_trace_kernel(tr_ptr, x_ptr, out_ptr, n, decay, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, decay * tr + x, mask=mask)
 
 
-@triton.autotune(configs=sequence_configs(), key=["n", "T"])
+@autotune(sequence_configs(), key=["n", "T"], reuse=["n", "T"])
 @triton.jit
 def _trace_sequence_kernel(x_ptr, tr_ptr, saved_ptr, out_ptr, n, T, save_from, decay,
                            BLOCK: tl.constexpr):
@@ -57,7 +58,8 @@ def pre_trace(trpre, x, lambda_pre: float):
     n = x.numel()
     if n:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
-        _pre_trace_kernel[grid](flat(trpre), flat(x), out, n, float(lambda_pre))
+        _pre_trace_kernel[grid](flat(trpre), flat(x), out, n, float(lambda_pre),
+                                enable_fp_fusion=False)  # no FMA, as the reference and the CUDA build
     return out
 
 
@@ -75,5 +77,6 @@ def trace_sequence(x, trace, decay: float, save_from: int):
     n = trace.numel()
     if n and T:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK"]),)  # noqa: E731
-        _trace_sequence_kernel[grid](flat(x), flat(trace), saved, out, n, T, save_from, float(decay))
+        _trace_sequence_kernel[grid](flat(x), flat(trace), saved, out, n, T, save_from, float(decay),
+                                     enable_fp_fusion=False)  # no FMA, as the reference and the CUDA build
     return saved, out
