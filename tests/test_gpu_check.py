@@ -164,38 +164,68 @@ def test_every_op_has_correctness_rows_and_core_rows_come_first():
     assert [c[0] for c in todo[:len(correctness.OPS)]] == list(correctness.OPS)
     assert all(c[2] is torch.float32 for c in todo[:len(correctness.OPS)])
     import stllr_kernels.backends.triton as T
-    assert set(correctness.OPS) == set(T.__all__) - {"unavailable_reason"}, "a row for every op of the backend"
+    not_ops = {"unavailable_reason", "is_compile_failure"}
+    assert set(correctness.OPS) == set(T.__all__) - not_ops, "a row for every op of the backend"
 
 
-def test_only_config_runs_each_config_of_an_autotuner():
-    """triton_configs.only_config makes an autotuned kernel launch exactly config i (its last for
-    an i past its list), says which kernels ran, and restores the list."""
+def test_forced_rounds_run_each_gpu_config_of_the_package_autotuner(monkeypatch, tmp_path):
+    """triton_configs.forced_round (over autotune.forced_config) makes a kernel decorated with the
+    package's autotune launch its GPU config i modulo their number (in the interpreter too, where
+    its one candidate is the interpreter's config), says which kernels ran, and afterwards the
+    kernel runs its own candidates again."""
     import triton
     import triton.language as tl
 
     from benchmarks.gpu import triton_configs as TC
+    from stllr_kernels.backends.triton import autotune
+    from stllr_kernels.backends.triton.autotune import ConfigSet
+    from stllr_kernels.backends.triton.autotune import autotune as package_autotune
 
-    @triton.autotune(configs=[triton.Config({"BLOCK": b}) for b in (16, 32, 64)], key=["n"])
+    real = TC.kernels()
+    assert {"_lif_step_kernel", "_eligibility_dw_kernel", "_trace_sequence_kernel"} <= set(real)
+    assert TC.rounds(real) == autotune.max_configs() > 1
+    monkeypatch.setattr(autotune, "TUNED", {})  # the kernels below only
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))  # on a GPU, launches outside a round tune
+
+    @package_autotune(ConfigSet(triton.Config({"BLOCK": 8}), [triton.Config({"BLOCK": b}) for b in (16, 32, 64)]),
+                      key=["n"])
     @triton.jit
     def write_block(out_ptr, n, BLOCK: tl.constexpr):
         tl.store(out_ptr, BLOCK)
 
-    @triton.autotune(configs=[triton.Config({"BLOCK": 8})], key=["n"])
+    @package_autotune(ConfigSet(triton.Config({"BLOCK": 8}), [triton.Config({"BLOCK": b}) for b in (16, 128)]),
+                      key=["n"])
     @triton.jit
     def idle(out_ptr, n, BLOCK: tl.constexpr):
         tl.store(out_ptr, BLOCK)
 
-    tuners = {"write_block": write_block, "idle": idle}
-    assert TC.rounds(tuners) == 3
-    out = torch.zeros(1, dtype=torch.int32)
-    for i, block in enumerate((16, 32, 64, 64)):
-        with TC.only_config(tuners, i) as this:
+    tuned = dict(autotune.TUNED)
+    assert set(tuned) == {"write_block", "idle"} and TC.rounds(tuned) == 3
+    out = torch.zeros(1, dtype=torch.int32, device="cuda" if torch.cuda.is_available() else "cpu")
+
+    def own(name):  # its candidates outside a round: the interpreter's config alone here
+        return {c.kwargs["BLOCK"] for c in tuned[name].configs}
+    if not torch.cuda.is_available():
+        assert own("write_block") == own("idle") == {8}
+    for i, block in enumerate((16, 32, 64, 16, 32)):
+        with TC.forced_round(tuned, i) as this:
+            assert TC.describe(this.chosen["write_block"]).startswith(f"BLOCK={block} ")
+            assert this.chosen["idle"].kwargs["BLOCK"] == (16, 128)[i % 2]
+            assert this.launched == set(), "filled when the block ends"
             write_block[(1,)](out, 1)
-        assert int(out) == block and this.launched == {"write_block"}
-        assert TC.describe(this.chosen["write_block"]).startswith(f"BLOCK={block} ")
-    assert [c.kwargs["BLOCK"] for c in write_block.configs] == [16, 32, 64], "the list is restored"
-    found = TC.autotuners()
-    assert {"lif._lif_step_kernel", "eligibility._eligibility_dw_kernel", "trace._trace_sequence_kernel"} <= set(found)
+            assert int(out) == block
+        assert this.launched == {"write_block"}
+        assert this.config_index(tuned["write_block"]) == i % 3 and this.config_index(tuned["idle"]) == i % 2
+        write_block[(1,)](out, 1)
+        assert int(out) in own("write_block"), "outside the round the kernel runs its own config again"
+    with pytest.raises(RuntimeError):
+        with TC.forced_round(tuned, 3) as this:
+            idle[(1,)](out, 1)
+            raise RuntimeError("a failing check")
+    assert int(out) == 128 and this.launched == {"idle"}, "a round that raised still says what ran"
+    idle[(1,)](out, 1)
+    assert int(out) in own("idle") and autotune._forced_index is None
+    assert tuned["write_block"].launches == 10 and tuned["idle"].launches == 2
 
 
 def test_conformance_outcomes_are_read_from_plain_and_xdist_output():

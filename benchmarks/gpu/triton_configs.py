@@ -1,11 +1,14 @@
-"""Every autotune config of every Triton kernel, one at a time.
+"""Every autotune config of every Triton kernel, one at a time: a thin layer over the kernels' own
+autotune module (stllr_kernels/backends/triton/autotune.py), so the configs checked are always the
+ones the kernels tune over, whatever the config lists become.
 
-`autotuners()` finds the kernels' autotuner objects (the `@triton.autotune` kernels defined in the
-modules of `stllr_kernels.backends.triton`), so the configs checked are always the ones the code
-tunes over, whatever the config lists become. `only_config(tuners, i)` restricts each to its config
-i (its last when it has fewer) for a block: an autotuner with a single config launches it without
-benchmarking, so the ops then run exactly that config. Process-local; the lists are restored after.
-The process must not set STLLR_TRITON_SINGLE_CONFIG (the lists would hold the first config only).
+`kernels()` imports every module of `stllr_kernels.backends.triton` (each registers its kernels in
+`autotune.TUNED` when it is imported) and returns the registry. `forced_round(kernels, i)` runs a
+block under `autotune.forced_config(i)`: every kernel launches its GPU config i modulo its number of
+configs, without tuning, also in Triton's interpreter and under STLLR_TRITON_SINGLE_CONFIG=1. The
+`Round` it yields says which config each kernel runs and, after the block, which kernels launched.
+Rounds 0 .. rounds() - 1 run every config of every kernel at least once. Process-local; the
+previous forcing (normally none) holds again after the block.
 """
 from __future__ import annotations
 
@@ -15,23 +18,18 @@ import pkgutil
 from dataclasses import dataclass, field
 
 
-def autotuners() -> dict:
-    """'module.kernel' -> the autotuner, for every autotuned kernel of the triton backend."""
-    from triton.runtime.autotuner import Autotuner
-
+def kernels() -> dict:
+    """Kernel name -> its `autotune.Tuned`, for every autotuned kernel of the triton backend."""
     import stllr_kernels.backends.triton as package
-    found = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        for attr, obj in vars(module).items():
-            if isinstance(obj, Autotuner) and all(obj is not t for t in found.values()):
-                found[f"{info.name}.{attr}"] = obj
-    return found
+    from stllr_kernels.backends.triton import autotune
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+    return dict(sorted(autotune.TUNED.items()))
 
 
-def rounds(tuners: dict) -> int:
-    """How many restricted runs check every config of every kernel at least once."""
-    return max((len(t.configs) for t in tuners.values()), default=0)
+def rounds(tuned: dict) -> int:
+    """How many forced rounds run every config of every kernel at least once."""
+    return max((len(t.gpu_configs) for t in tuned.values()), default=0)
 
 
 def describe(config) -> str:
@@ -46,23 +44,20 @@ class Round:
     chosen: dict                                  # kernel name -> the config it runs in this round
     launched: set = field(default_factory=set)    # kernels that ran (filled when the block ends)
 
+    def config_index(self, tuned) -> int:
+        """The position in `tuned.gpu_configs` of the config a kernel runs in this round."""
+        return self.index % len(tuned.gpu_configs)
+
 
 @contextlib.contextmanager
-def only_config(tuners: dict, index: int):
-    """Each autotuner restricted to config `index` (its last when it has fewer) inside the block;
-    yields a Round whose `launched` names, after the block, the kernels that ran in it."""
-    saved = {name: (t.configs, dict(t.cache)) for name, t in tuners.items()}
-    this = Round(index, {name: t.configs[min(index, len(t.configs) - 1)] for name, t in tuners.items()})
-    for name, t in tuners.items():
-        t.configs = [this.chosen[name]]
-        t.cache.clear()
-        t.best_config = None  # set again by every launch: tells which kernels ran
+def forced_round(tuned: dict, index: int):
+    """Every kernel launches its GPU config `index` (modulo its number) inside the block; yields a
+    Round whose `launched` names, after the block, the kernels of `tuned` that ran in it."""
+    from stllr_kernels.backends.triton import autotune
+    this = Round(index, {name: t.forced(index) for name, t in tuned.items()})
+    before = {name: t.launches for name, t in tuned.items()}
     try:
-        yield this
+        with autotune.forced_config(index):
+            yield this
     finally:
-        for name, t in tuners.items():
-            if getattr(t, "best_config", None) is not None:
-                this.launched.add(name)
-            t.configs, cache = saved[name]
-            t.cache.clear()
-            t.cache.update(cache)
+        this.launched.update(name for name, t in tuned.items() if t.launches != before[name])

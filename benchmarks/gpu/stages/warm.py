@@ -3,10 +3,11 @@ check would otherwise leave idle (during the build, or beside the correctness ch
 what it compiles in its on-disk cache, so the timing stage later only loads the binaries (its
 autotuning still benchmarks each config of each new key: seconds per model and mode, unless the
 autotune results are cached on disk too). A warm-up never autotunes: it runs its work once per
-config index with every kernel restricted to that config (`triton_configs.only_config`), which
-compiles every config without benchmarking any, so no tuning choice is made while other stages
-share the GPU. A warm-up still running when its timing stage is due is stopped: nothing is lost,
-the timing stage warms up on its own before its clock starts. Their rows say how long it took."""
+config index with every kernel forced to that config (`triton_configs.forced_round`, over
+`autotune.forced_config`), which compiles every config without benchmarking any, so no tuning
+choice is made while other stages share the GPU. A warm-up still running when its timing stage is
+due is stopped: nothing is lost, the timing stage warms up on its own before its clock starts.
+Their rows say how long it took."""
 from __future__ import annotations
 
 import importlib
@@ -25,11 +26,11 @@ def run(ctx) -> None:
         return
     from .. import triton_configs as TC
     module = importlib.import_module(f"benchmarks.gpu.stages.{target.module}")
-    tuners = TC.autotuners()
-    rounds = TC.rounds(tuners)
+    tuned = TC.kernels()
+    rounds = TC.rounds(tuned)
     t0 = time.time()
     for i in range(rounds):  # every config compiled, none benchmarked
-        with TC.only_config(tuners, i):
+        with TC.forced_round(tuned, i):
             module.warm_only(ctx)
         ctx.add("warm-up", case, "triton", note=f"config round {i + 1} of {rounds} done after "
                 f"{time.time() - t0:.0f} s (no autotuning)")

@@ -126,6 +126,7 @@ class Tuned:
         self._chosen: dict[tuple, triton.Config] = {}  # key -> config launched with it
         self._tuned: dict[tuple, triton.Config] = {}   # the keys among them that were tuned (here or on disk)
         self.tuning_runs = 0  # keys benchmarked in this process (each over every config)
+        self.launches = 0     # launches in this process: tells a check which kernels ran
         TUNED[self.name] = self
 
     def __getitem__(self, grid) -> Callable:
@@ -183,9 +184,14 @@ class Tuned:
                     best, best_ratio = config, ratio
         return best
 
+    def forced(self, index: int) -> triton.Config:
+        """The config this kernel launches with under `forced_config(index)`."""
+        return self.gpu_configs[index % len(self.gpu_configs)]
+
     def _launch(self, grid, *args, **kwargs):
+        self.launches += 1
         if _forced_index is not None:
-            return self._run(grid, self.gpu_configs[_forced_index % len(self.gpu_configs)], args, kwargs)
+            return self._run(grid, self.forced(_forced_index), args, kwargs)
         if len(self.configs) == 1:  # nothing to choose from: Triton launches it without tuning
             return self.tuner[grid](*args, **kwargs)
         key = self.tuning_key(args, kwargs)
