@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from training.config import RunConfig
 from training.data import DATASETS
 from training.engine import Trainer
 from training.models import ACTIVATIONS, ARCHS, build_model
-from training.models.common import stllr_psi
+from training.models.common import Feedback, FeedbackHook, stllr_psi
 from training.models.vgg import VGGSTLLR
 
 from conftest import tol
@@ -129,6 +130,69 @@ def test_dfa_signal_is_the_projected_error(seed):
     model.linear1(x).backward(signal)
     assert_close_policy(dfa_grad, model.linear1.weight.grad, reduction=x.shape[0])
     assert not model.hook1.matrix.requires_grad
+
+
+def original_feedback_bound(shape) -> float:
+    """The original's B: kaiming_uniform_ with its defaults (a = 0, leaky_relu gain sqrt(2), fan_in
+    = the hooked layer's size) on [classes, *shape], i.e. U(-sqrt(6 / fan_in), +sqrt(6 / fan_in))."""
+    return math.sqrt(6 / math.prod(shape))
+
+
+@pytest.mark.parametrize("classes,shape", [(20, (450,)), (10, (512,)), (11, (16, 4, 4))],
+                         ids=["shd", "digits", "conv"])
+def test_dfa_feedback_matrix_is_drawn_as_the_original(classes, shape, seed):
+    """The same draw as the original's U(+-sqrt(6 / fan_in)) from the same seed, and over the draw
+    the uniform's bound and spread (a 2.45x smaller matrix, kaiming's a = sqrt(5), fails both)."""
+    bound = original_feedback_bound(shape)
+    torch.manual_seed(seed)
+    hook = FeedbackHook(Feedback("DFA", classes), shape)
+    torch.manual_seed(seed)
+    assert_close_policy(hook.matrix, torch.empty(classes, *shape).uniform_(-bound, bound))
+    values = hook.matrix.double()
+    assert values.abs().max() <= bound * (1 + 1e-6)
+    assert values.abs().max() >= 0.99 * bound  # P(fail) = 0.99^(2816 or more) < 1e-12
+    assert abs(values.std().item() / (bound / math.sqrt(3)) - 1) < 0.05  # its own error ~1%
+    assert not hook.matrix.requires_grad and "matrix" in dict(hook.named_buffers())
+
+
+def test_every_dfa_hook_of_the_models_has_the_original_scale():
+    models = [build_model(make_config(arch, feedback_mode="DFA")) for arch in ("digits_stllr", "stllr_shd_net")]
+    models.append(VGGSTLLR(2, 8, 8, 10, "LinearSpike", [0.2, 0.5, -1, 1], "AVG", 0.0, "DFA", channel_scale=1 / 16))
+    hooks = [m for model in models for m in model.modules() if isinstance(m, FeedbackHook)]
+    assert len(hooks) >= 10
+    for hook in hooks:
+        bound = original_feedback_bound(hook.matrix.shape[1:])
+        assert 0.95 * bound <= hook.matrix.abs().max() <= bound * (1 + 1e-6), hook.matrix.shape
+
+
+def test_dfa_sgd_update_is_the_originals(seed):
+    """One S-TLLR batch under SGD: the hidden layer moves by -lr times the gradient of its output
+    contracted with the original's signal (softmax(logits_t) - onehot) @ B at each loss step, B of
+    the original's scale."""
+    steps, delay, lr = 5, 3, 0.1
+    model = build_model(make_config("digits_stllr", feedback_mode="DFA"))
+    before = copy.deepcopy(model)
+    x = random_input("digits_stllr", steps, 6, seed)
+    labels = torch.arange(6) % 10
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=lr), F.cross_entropy, "stllr", "online", delay).train_batch(
+        x, labels)
+    # the original's formula, step by step on the untouched copy (the hook left out: the signal is fed in)
+    matrix = before.hook1.matrix
+    assert matrix.abs().max() >= 0.95 * original_feedback_bound(matrix.shape[1:])
+    before.reset_states()
+    before.feedback.set_target(None)
+    for t in range(steps):
+        with torch.set_grad_enabled(t >= steps - delay):
+            hidden = before.linear1(x[t])
+            logits = before.classifier(hidden.detach())
+            if t >= steps - delay:
+                error = torch.softmax(logits.detach(), 1) - F.one_hot(labels, 10).float()
+                hidden.backward(error @ matrix)
+    for name in ("weight", "bias"):
+        update = getattr(model.linear1, name) - getattr(before.linear1, name)
+        expected = -lr * getattr(before.linear1, name).grad
+        assert_close_policy(update, expected, reduction=steps * x.shape[1] * 64, msg=name)
+    assert not torch.equal(model.linear1.weight, before.linear1.weight)
 
 
 def small_vgg(dropout: float = 0.5) -> VGGSTLLR:

@@ -14,7 +14,7 @@ import stat
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Subset, TensorDataset
 
 import training.runner as runner
 from training import checkpoint as ckpt
@@ -490,35 +490,99 @@ def test_collective_timeout_flag_defaults_to_minutes():
     assert distributed.collective_timeout(args).total_seconds() == 30
 
 
-def _hung_rank_worker(rank: int, port: int, out: str) -> None:
-    import datetime
+HUNG_RANK_TIMEOUT_MINUTES = 0.05  # 3 s: past any skew of the two ranks' identical, warmed-up work
 
-    import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=2))
-    if rank == 1:  # hung, not dead: alive well past rank 0's 2 s timeout
-        import time
-        time.sleep(5)
-        return
-    try:
-        dist.all_reduce(torch.ones(1))
-        outcome = "returned"
-    except RuntimeError as exc:
-        outcome = "timeout" if distributed.is_timeout(exc) else f"other: {exc}"
-    with open(os.path.join(out, "outcome"), "w") as f:
-        f.write(outcome)
+
+def _hung_rank_worker(rank: int, port: int, root: str, ready) -> None:
+    """One process of `torchrun --nproc_per_node=2 -m training` on a slice of Digits; rank 1 hangs
+    (alive, silent) in its second batch until the test says rank 0's process has ended, then goes
+    on into its next collective. stderr goes to root/stderr{rank}."""
+    import importlib
+    import time
+
+    fd = os.open(os.path.join(root, f"stderr{rank}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 2)
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    gen = torch.Generator().manual_seed(0)
+    data = {train: TensorDataset((torch.rand(n, 20, 64, generator=gen) < 0.3).float(),
+                                 torch.randint(0, 10, (n,), generator=gen)) for train, n in ((True, 32), (False, 16))}
+    runner.build_dataset = distributed.build_dataset = lambda args, train: data[train]
+    importlib.import_module("torch._dynamo")  # DDP's constructor imports it: seconds on a loaded machine
+    if rank == 1:
+        train_batch, calls = Trainer.train_batch, [0]
+
+        def hang_in_second_batch(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 2:
+                deadline = time.monotonic() + 300
+                while not os.path.exists(os.path.join(root, "rank0_ended")) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            return train_batch(self, *args, **kwargs)
+
+        Trainer.train_batch = hang_in_second_batch
+    ready.wait()  # both warmed up: the timeout measures the hang, not the imports
+    code = main(["--dataset", "Digits", "--arch", "digits_stllr", "--epochs", "1", "--batch-size", "16", "--cpu",
+                 "--workers", "0", "--print-freq", "100", "--dist-timeout", str(HUNG_RANK_TIMEOUT_MINUTES),
+                 "--save-path", os.path.join(root, "run")])
+    raise AssertionError(f"rank {rank}: main returned {code}; a failed collective must end the process")
 
 
 @pytest.mark.slow
-def test_hung_rank_times_out_and_is_recognised(tmp_path):
+def test_hung_rank_ends_the_job_with_one_line_and_status_2(tmp_path):
+    """Rank 1 hangs: rank 0's collective times out and rank 0 exits with status 2 and one line; then
+    rank 1, finding rank 0 gone, exits likewise. Never a traceback, never SIGABRT at exit (torch's
+    Gloo threads may still hold the failed collective when the process ends)."""
     import socket
 
     import torch.multiprocessing as mp
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_hung_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
-    assert (tmp_path / "outcome").read_text() == "timeout"
+    ready = mp.get_context("spawn").Barrier(2)
+    job = mp.start_processes(_hung_rank_worker, args=(port, str(tmp_path), ready), nprocs=2, join=False,
+                             start_method="spawn")
+    rank0, rank1 = job.processes
+    try:
+        rank0.join(180)
+        (tmp_path / "rank0_ended").touch()
+        rank1.join(180)
+    finally:
+        for process in job.processes:
+            if process.is_alive():
+                process.kill()
+    errors = {}
+    for rank, process in enumerate(job.processes):
+        err = (tmp_path / f"stderr{rank}").read_text()
+        raised = job.error_files[rank]  # a Python exception in the worker (torch.multiprocessing writes it)
+        raised = open(raised).read() if os.path.exists(raised) else ""
+        assert process.exitcode == 2, (rank, process.exitcode, raised, err[-3000:])
+        assert "Traceback" not in err and "terminate called" not in err, err[-3000:]
+        lines = [line.split("\r")[-1] for line in err.split("\n") if "python -m training: error" in line]
+        assert len(lines) == 1, lines
+        errors[rank] = lines[0]
+    assert errors[0].startswith("python -m training: error: rank 0: a collective waited longer than "
+                                "--dist-timeout 0:00:03"), errors[0]
+    assert errors[1].startswith("python -m training: error: rank 1: another process of the job stopped"), errors[1]
+    assert (tmp_path / "run" / RESUME).exists()  # "the last checkpoint is kept"
+
+
+def test_rank_that_never_joins_is_one_line(tmp_path, capsys, monkeypatch):
+    """Rank 1 never starts: rank 0 waits --dist-timeout at the rendezvous, then one line, status 2."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    line = one_line_error(capsys, 2, *argv(tmp_path / "run", "--dist-timeout", "0.02"))
+    assert line.startswith("python -m training: error: rank 0: the 2 processes did not all join within "
+                           "--dist-timeout 0:00:01.200000"), line
+    assert not distributed.active()
 
 
 def _used_save_path_worker(rank: int, port: int, root: str) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import os
 import runpy
 import sys
 from typing import Optional, Sequence
 
 from .config import DISTRIBUTED_FLAGS, FLAGS, NEW_FLAGS, OPTIMIZERS, ORIGINAL_FLAGS, RunConfig
-from .errors import FlagError, TrainingError
+from .errors import CollectiveFailed, FlagError, TrainingError
 
 PROG = "python -m training"
 GROUPS = (  # (title, description) of --help's three groups, in the order they are shown
@@ -87,9 +88,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run(config)
     except TrainingError as exc:  # its message says what went wrong and what to do
         sys.stderr.write(f"{PROG}: error: {exc}\n")
+        if isinstance(exc, CollectiveFailed):
+            end_process_now(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training began: the checkpoint on disk is whole
         sys.stderr.write(f"{PROG}: interrupted: stopped at once; the last checkpoint in {config.save_path}, "
                          "if any, is intact (continue with --resume)\n")
         return 130
     return 0
+
+
+def end_process_now(code: int) -> None:
+    """Exit with `code` without the interpreter's shutdown, after a failed collective.
+
+    torch's Gloo worker threads may still hold the failed operation: releasing its tensors takes
+    the interpreter's lock, and in an interpreter that is shutting down that kills the thread inside
+    a destructor, which aborts the process (SIGABRT) instead of exiting with `code`. Destroying the
+    process group first does not help: DistributedDataParallel keeps it alive (torch's imports
+    hold references), so its threads are never joined. Everything worth keeping (checkpoints, the
+    log) is on disk once the log and the standard streams are flushed.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing more to save
+            pass
+    os._exit(code)

@@ -31,7 +31,7 @@ from torch.utils.data import DistributedSampler, Sampler
 
 from .config import RunConfig
 from .data import build_dataset
-from .errors import DistributedError
+from .errors import CollectiveFailed, DistributedError
 from .run_dir import refuse_previous_run
 from .runner import run as run_trials
 
@@ -98,6 +98,20 @@ def collective_timeout(config) -> timedelta:
 def is_timeout(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "timed out" in text or "timeout" in text
+
+
+# how Gloo and the c10d store word a connection that another process closed (it died, or failed
+# and left): the others then fail at once, before any timeout
+_LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused")
+
+
+def is_lost_peer(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(words in text for words in _LOST_PEER)
+
+
+def _failure_label() -> str:
+    return f"rank {rank() if active() else os.environ.get('RANK', '?')}"
 
 
 def per_process_config(config: RunConfig, processes: int, device: torch.device) -> RunConfig:
@@ -227,9 +241,13 @@ def reduce_result(result, device: torch.device):
 # ----------------------------------------------------------------------------- the run
 
 def run(config: RunConfig) -> dict:
-    """`python -m training` in one process of a torchrun group."""
-    device = init(config)
+    """`python -m training` in one process of a torchrun group.
+
+    A collective that times out (a hung process) or loses its peer (a dead one) ends the run with
+    one line naming this rank (CollectiveFailed); the command then ends the process at once.
+    """
     try:
+        device = init(config)
         n = world_size()
         local = per_process_config(config, n, device)
         if is_main():
@@ -243,12 +261,23 @@ def run(config: RunConfig) -> dict:
                           train_sampler_fn=lambda dataset: train_sampler(dataset, local.seed),
                           test_sampler_fn=ShardSampler,
                           reduce_result=lambda result: reduce_result(result, device))
-    except RuntimeError as exc:
-        if not is_timeout(exc):
-            raise
-        raise DistributedError(
-            f"rank {rank()}: a collective waited longer than --dist-timeout {collective_timeout(config)} "
-            "(another process hung or died); the last checkpoint is kept") from None
+    except RuntimeError as exc:  # Gloo, NCCL and the c10d store raise RuntimeError subclasses
+        if not active():  # the rendezvous itself: no group, no collective in flight
+            if not is_timeout(exc):
+                raise
+            raise DistributedError(
+                f"{_failure_label()}: the {os.environ.get('WORLD_SIZE')} processes did not all join within "
+                f"--dist-timeout {collective_timeout(config)} (is every process started, with the same "
+                "MASTER_ADDR and MASTER_PORT?)") from None
+        if is_timeout(exc):
+            raise CollectiveFailed(
+                f"{_failure_label()}: a collective waited longer than --dist-timeout {collective_timeout(config)} "
+                "(another process hung or died); the last checkpoint is kept") from None
+        if is_lost_peer(exc):
+            raise CollectiveFailed(
+                f"{_failure_label()}: another process of the job stopped (it closed its connection: it died, "
+                "or failed and left; its own message says why); the last checkpoint is kept") from None
+        raise
     finally:
         if active():
             dist.destroy_process_group()

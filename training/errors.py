@@ -37,6 +37,12 @@ class DistributedError(TrainingError):
     """A distributed run cannot start or go on (environment, batch split, a failed or hung rank)."""
 
 
+class CollectiveFailed(DistributedError):
+    """A collective operation failed: another process hung past --dist-timeout, or died. The
+    process group is unusable and torch's communication threads may still hold the failed
+    operation, so the command ends the process at once (`cli.main`)."""
+
+
 class RunDiverged(TrainingError):
     """The loss or the weights became non-finite; the last good checkpoint is kept."""
 

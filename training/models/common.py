@@ -2,7 +2,6 @@
 [B, ...] or [T, B, ...] inputs, and the DFA / sDFA feedback hooks (docs/rule.md section 5)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -167,17 +166,16 @@ def _project_error_in_backward(x: Tensor, matrix: Tensor, feedback: Feedback) ->
 class FeedbackHook(nn.Module):
     """Identity in the forward; under DFA/sDFA the backward is the projected output error.
 
-    `shape` is the hooked activation's shape without batch (and time); B is [classes, *shape],
-    kaiming-uniform, a buffer (saved with the model, never trained).
+    `shape` is the hooked activation's shape without batch (and time); B is [classes, *shape], a
+    buffer (saved with the model, never trained), drawn as the original draws it: kaiming-uniform
+    with its defaults (a = 0, fan_in = prod(shape)), U(-sqrt(6 / fan_in), sqrt(6 / fan_in)).
     """
 
     def __init__(self, feedback: Feedback, shape):
         super().__init__()
         self.feedback = feedback
         if feedback.active:
-            matrix = torch.empty(feedback.num_classes, math.prod(shape))
-            nn.init.kaiming_uniform_(matrix, a=math.sqrt(5))
-            self.register_buffer("matrix", matrix.view(feedback.num_classes, *shape))
+            self.register_buffer("matrix", nn.init.kaiming_uniform_(torch.empty(feedback.num_classes, *shape)))
         else:
             self.matrix = None
 
