@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from . import run_dir, run_flags
 from .config import RunConfig, resolve_device
 from .data import DATASETS, build_dataset, make_loader
-from .engine import Trainer, make_loss, run_epoch
+from .engine import Trainer, make_loss, resolve_step_mode, run_epoch
 from .errors import BackendError, CheckpointError, FlagError, RunDiverged, RunInterrupted
 from .guard import FiniteGuard, NonFinite
 from .interrupts import StopRequested, stop_on_signals
@@ -136,7 +136,8 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
 
     first_trial = resume["trial"] if resume else 1
     summary = {"arch": config.arch, "dataset": config.dataset, "training_mode": config.training_mode,
-               "step_mode": config.step_mode, "device": str(device),
+               "step_mode": resolve_step_mode(config.training_mode, config.step_mode),
+               "chunk_size": config.chunk_size, "device": str(device),
                "trials": list(resume["finished_trials"]) if resume else []}
     overrides = list(resume["overrides"]) if resume else []
     for trial in range(first_trial, config.trials + 1):
@@ -173,7 +174,8 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
         if config.trials > 1:
             log(f"\nIn trial {trial} of {config.trials}")
         train_model, sync = wrap_model(model) if wrap_model else (model, None)
-        trainer = Trainer(train_model, optimizer, loss_fn, config.training_mode, config.step_mode, config.delay_ls)
+        trainer = Trainer(train_model, optimizer, loss_fn, config.training_mode, config.step_mode, config.delay_ls,
+                          chunk_size=config.chunk_size)
         if sync is not None:
             trainer.sync_context = sync
         if device.type == "cuda":
@@ -204,8 +206,8 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
                 tr = reduce_result(tr)
                 log(f" @Training * Acc@1 {tr.acc1:.3f} Acc@5 {tr.acc5:.3f} Loss {tr.loss:.4e} ({tr.seconds:.1f} s, "
                     f"peak saved for backward {tr.saved_peak_mb:.1f} MB)")
-                te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=config.step_mode,
-                               desc="test", show_progress=is_main, stop=stop)
+                te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=trainer.step_mode,
+                               desc="test", show_progress=is_main, stop=stop, chunk_size=config.chunk_size)
                 te = reduce_result(te)
                 log(f" @Testing * Acc@1 {te.acc1:.3f} Acc@5 {te.acc5:.3f} Loss {te.loss:.4e}")
                 # The end of the epoch: no interrupt is honoured inside it, and the checkpoint is
