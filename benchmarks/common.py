@@ -302,7 +302,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the report, CSV and plots")
     p.add_argument("--models", default=None, help="comma-separated subset of the models (shd, vgg)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="torch CPU threads (default: torch's choice); train_step measures at each of "
+                        "several counts (e.g. --threads 1 2), the other scripts use the first")
     return p
 
 
@@ -310,10 +312,15 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse the arguments and apply the ones every script shares (CPU threads)."""
     args = parser.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads[0])
     return args
 
 
 def progress_bar(total: int, desc: str):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def progress_bar_iter(items, desc: str):
+    from tqdm import tqdm
+    return tqdm(items, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
