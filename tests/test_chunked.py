@@ -385,6 +385,16 @@ def test_chunk_mode_memory_is_flat_in_time(seed):
     assert saved_peak(80, "sequence") > 3 * saved_peak(20, "chunk")
 
 
+def test_carried_states_do_not_hold_the_chunk():
+    """After a chunk, the states are one step's tensors: the chunk's outputs can be freed."""
+    layer = LinearRecSTLLR(11, 9)
+    s = layer(torch.rand(6, 3, 11), 6)
+    for name in layer._state_names:
+        state = getattr(layer, name)
+        assert state.untyped_storage().nbytes() == state.numel() * state.element_size(), name
+    assert s.untyped_storage().nbytes() == s.numel() * s.element_size()
+
+
 # ----------------------------------------------------------------------------- the command
 
 def run_cli(argv):
