@@ -34,7 +34,8 @@ def label(size: int) -> str:
     return f"chunk {size}"
 
 
-def sweep(spec: ModelSpec, batch: int, sizes: tuple, device: torch.device, reps: int) -> list[dict]:
+def sweep(spec: ModelSpec, batch: int, sizes: tuple, device: torch.device, reps: int,
+          clock=common.CLOCKS["wall"]) -> list[dict]:
     x, y = networks.make_batch(spec, batch, device)
     trainers = {FUSED: networks.make_trainer(spec, "stllr_fused", device)}
     trainers.update({label(c): networks.make_trainer(spec, "stllr_chunk", device, c) for c in sizes})
@@ -45,7 +46,7 @@ def sweep(spec: ModelSpec, batch: int, sizes: tuple, device: torch.device, reps:
         bar.update()
     load = common.load_average()
     times = common.time_interleaved({k: (lambda t=t: t.train_batch(x, y)) for k, t in trainers.items()},
-                                    device, reps, progress=tick)
+                                    device, reps, progress=tick, clock=clock)
     bar.close()
     fused = common.median(times[FUSED])
     peaks = {ONLINE: memory.measure(spec, "stllr_online", batch, spec.T, device),
@@ -71,6 +72,7 @@ def plot(rows: list[dict], path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(5.8 * len(models), 4.2), squeeze=False)
@@ -82,6 +84,9 @@ def plot(rows: list[dict], path) -> None:
         ax.axhline(1.0, color="C0", ls=":", lw=1)
         ax.axhline(1.15, color="C0", ls="--", lw=1, label="goal: time <= 1.15x time-fused")
         ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("chunk size C (time steps per call)")
         ax.set_ylabel("seconds per batch / time-fused", color="C0")
         ax.set_title(f"{model} (B={chunk[0]['batch']}, T={chunk[0]['T']}, D={chunk[0]['loss steps']})", fontsize=10)
@@ -113,14 +118,14 @@ def main(argv=None) -> None:
     for spec, batch, sizes in configs(args):
         if args.models and spec.kind not in args.models.split(","):
             continue
-        rows += sweep(spec, batch, sizes, device, reps)
+        rows += sweep(spec, batch, sizes, device, reps, common.CLOCKS[args.clock])
         for r in rows[-len(sizes) - 2:]:
             print(f"{r['model']:16s} {r['mode']:11s} {r['median']:>10s} {r['x time-fused']:>8s} of time-fused  "
                   f"{r['peak']:>10s} {r['x online memory']:>6s} of online memory")
     default = RunConfig().chunk_size
     report.section("Method", "Seconds: median of the repetitions of one training batch (forward, a backward per "
                    "chunk holding loss steps, one Adam step), all modes interleaved in one process, "
-                   f"{reps} repetitions after a warm-up round; `x time-fused` is the ratio of medians "
+                   f"{reps} repetitions after a warm-up round, {args.clock} clock; `x time-fused` is the ratio of medians "
                    "from the same rounds. Memory: " + common.MEMORY_METHOD[device.type] + ". Models and "
                    "engine as benchmarks/train_step.py and benchmarks/memory.py. The default "
                    f"--chunk-size is {default} (docs/chunked.md says why).")

@@ -62,6 +62,8 @@ def build_providers(spec: ModelSpec, batch: int, device: torch.device, skip: dic
     table = networks.methods(spec)
     providers, replays, counted = {}, {}, {}
     for label, (method, backend) in PROVIDERS.items():
+        if label in skip:
+            continue
         if method not in table:
             skip[label] = "not applicable to this model (the naive formula is the recurrent layer's)"
             continue
@@ -129,7 +131,7 @@ def profile_table(fn, rows: int = 12) -> str:
 def measure_model(spec: ModelSpec, batch: int, device: torch.device, args, reps: int, threads: int):
     """Rows of one model at one thread count; its chart values; its S-TLLR rows' % of torch.mm;
     profiles of the time-fused and chunk rows below the goal."""
-    skip: dict[str, str] = {}
+    skip: dict[str, str] = {label: "left out (--skip-slow)" for label in SLOW} if args.skip_slow else {}
     providers, replays, counted = build_providers(spec, batch, device, skip, args.chunk_size)
     bar = common.progress_bar((len(providers) + len(replays)) * (reps + 1), f"{spec.name}, {threads} thread(s)")
 
@@ -138,7 +140,8 @@ def measure_model(spec: ModelSpec, batch: int, device: torch.device, args, reps:
         bar.update()
     loaded, load = common.under_load(), common.load_average()
     times = common.time_interleaved({**providers, **replays}, device, reps, warmup=1,
-                                    reps_of={k: min(v, reps) for k, v in SLOW.items()}, progress=tick)
+                                    reps_of={k: min(v, reps) for k, v in SLOW.items()}, progress=tick,
+                                    clock=common.CLOCKS[args.clock])
     loaded = loaded or common.under_load()
     bar.close()
     base = common.median(times[STLLR_BEST_ONLINE])
@@ -187,6 +190,8 @@ def main(argv=None) -> None:
     p.add_argument("--vgg-T", type=int, default=None, help="override the VGG's T (default 20)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="the chunk rows' --chunk-size (default: the training flag's default)")
+    p.add_argument("--skip-slow", action="store_true",
+                   help="leave out the naive outer-product rows (minutes per batch at the SHD shape)")
     args = common.parse(p, argv)
     device = torch.device(args.device)
     reps = 1 if args.quick else args.reps
@@ -221,6 +226,7 @@ def main(argv=None) -> None:
                    "those same GEMMs run as plain torch.mm calls of the same shapes (timed in the same "
                    "interleaved rounds) over the row's time, i.e. the row's MACs per second as a share of "
                    "torch.mm's throughput on its own GEMM shapes. "
+                   f"Clock: {args.clock} time ({'the process CPU time, without the waits for a core' if args.clock == 'cpu' else 'what a user waits'}). "
                    "Figures marked `under_load` in the CSV were taken while the 1-minute load "
                    "average exceeded half the cores (other jobs shared the machine); `load_avg_at_start` "
                    "gives it per model.",
