@@ -33,19 +33,23 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"
 
 # ----------------------------------------------------------------------------- the helper
 
-@pytest.mark.parametrize("T,D,C", [(7, 5, 3), (6, 6, 2), (5, 1, 2), (4, 3, 1), (5, 2, 8), (9, 4, 4), (3, 0, 2)])
-def test_chunk_bounds_cover_the_sequence_and_share_the_loss_window(T, D, C):
+@pytest.mark.parametrize("T,D,C", [(7, 5, 3), (6, 6, 2), (5, 1, 2), (4, 3, 1), (5, 2, 8), (9, 4, 4), (3, 0, 2),
+                                   (100, 90, 10), (20, 5, 10)])
+def test_chunk_bounds_cover_the_sequence_aligned_on_the_loss_window(T, D, C):
     bounds = chunk_bounds(T, D, C)
-    assert [c.start for c in bounds] == list(range(0, T, C))
-    assert all(c.stop == min(c.start + C, T) for c in bounds)
-    assert sum(c.loss_steps for c in bounds) == D
-    for c in bounds:  # a chunk's loss steps are its last steps, and exactly those in the window
+    assert bounds[0].start == 0 and bounds[-1].stop == T
+    assert all(a.stop == b.start for a, b in zip(bounds, bounds[1:]))
+    assert all(0 < c.stop - c.start <= C for c in bounds)
+    assert T - D in [c.start for c in bounds] + [T]  # no chunk straddles the window's start
+    for c in bounds:  # each chunk's loss steps: exactly its steps in the window
         assert c.loss_steps == len(set(range(c.start, c.stop)) & set(range(T - D, T)))
+    # C steps per chunk from step 0, and again from the window's first step
+    assert [c.start for c in bounds] == sorted(set(range(0, T - D, C)) | set(range(T - D, T, C)))
     x = torch.arange(T * 2.0).view(T, 2)
     pieces = list(chunks(x, D, C))
     assert torch.equal(torch.cat([p for p, _ in pieces]), x)
     assert [n for _, n in pieces] == [c.loss_steps for c in bounds]
-    assert chunk_bounds(7, 5, 3) == [Chunk(0, 3, 1), Chunk(3, 6, 3), Chunk(6, 7, 1)]
+    assert chunk_bounds(7, 5, 3) == [Chunk(0, 2, 0), Chunk(2, 5, 3), Chunk(5, 7, 2)]
 
 
 @pytest.mark.parametrize("args, match", [
@@ -126,14 +130,21 @@ def run_full(layer, x, D, g):
     return out.detach(), xq.grad
 
 
-def run_chunked(layer, x, D, g, C):
+def straddling_chunks(x, D, C):
+    """Chunks of C steps from step 0, not aligned on the loss window: a chunk may hold loss steps at
+    its end only (n < its length), which the layer API allows too."""
+    T = x.shape[0]
+    return [(x[t:t + C], max(0, min(t + C, T) - max(t, T - D))) for t in range(0, T, C)]
+
+
+def run_chunked(layer, x, D, g, C, split=chunks):
     """The same sequence in chunks of C steps: no autograd before the loss window, a backward per
     chunk that holds loss steps."""
     torch.manual_seed(0)
     layer.reset_state()
     xq = x.clone().requires_grad_()
     outs, t = [], 0
-    for x_chunk, n in chunks(xq, D, C):
+    for x_chunk, n in split(xq, D, C):
         with torch.set_grad_enabled(n > 0):
             out = layer(x_chunk, n)
         if n:
@@ -146,12 +157,15 @@ def run_chunked(layer, x, D, g, C):
 
 
 KINDS = ["linear", "linear-spike-hard", "recurrent", "recurrent-spike", "readout", "conv", "dropout"]
-# (T, C, D): C not dividing T with D across chunk boundaries (the recurrent layer's chunks of 1 and
-# 3 loss steps: its forward-time and reverse-time backward), D = T in chunks of 2 (reverse time with
-# traces carried from a chunk with a loss), D = 1, C = 1, C >= T, a chunk before the window
-TCD = [(7, 3, 5), (6, 2, 6), (5, 2, 1), (4, 1, 3), (5, 8, 2), (9, 4, 4)]
-TRITON_TCD = [(7, 3, 5), (6, 2, 6), (4, 1, 3), (5, 8, 2)]  # the interpreter is slow: D = 1 left out
-CASES = [pytest.param(name.values[0], kind, tcd, id=f"{name.values[0]}-{kind}-T{tcd[0]}C{tcd[1]}D{tcd[2]}",
+# (T, C, D, split): C not dividing T with D across chunk boundaries (the recurrent layer's chunks of
+# 3 and 2 loss steps: its reverse-time backward, traces carried in from a chunk with a loss), D = T
+# in chunks of 2, D = 1 (its forward-time backward), C = 1, C >= T, a chunk before the window; and
+# chunks from step 0 that straddle the window's start (a chunk with fewer loss steps than steps)
+TCD = [(7, 3, 5, "aligned"), (6, 2, 6, "aligned"), (5, 2, 1, "aligned"), (4, 1, 3, "aligned"),
+       (5, 8, 2, "aligned"), (9, 4, 4, "aligned"), (7, 3, 5, "straddling"), (9, 4, 6, "straddling")]
+# the interpreter is slow: the cases that carry traces between chunks with losses, C = 1, C >= T
+TRITON_TCD = [TCD[i] for i in (0, 1, 3, 4, 6)]
+CASES = [pytest.param(name.values[0], kind, tcd, id=f"{name.values[0]}-{kind}-T{tcd[0]}C{tcd[1]}D{tcd[2]}-{tcd[3]}",
                       marks=name.marks)
          for name in BACKENDS for kind in KINDS
          for tcd in (TRITON_TCD if name.values[0] == "triton" else TCD)]
@@ -159,7 +173,7 @@ CASES = [pytest.param(name.values[0], kind, tcd, id=f"{name.values[0]}-{kind}-T{
 
 @pytest.mark.parametrize("name,kind,tcd", CASES)
 def test_chunked_calls_equal_one_call(seed, name, kind, tcd):
-    T, C, D = tcd
+    T, C, D, split = tcd
     layer, feat = make_layer(kind)
     B = 3
     x = (torch.rand(T, B, *feat) < 0.5).float()
@@ -168,7 +182,8 @@ def test_chunked_calls_equal_one_call(seed, name, kind, tcd):
     full, chunked = layer, copy.deepcopy(layer)
     with backend(name):
         out_full, dx_full = run_full(full, x, D, g)
-        out_chunked, dx_chunked = run_chunked(chunked, x, D, g, C)
+        out_chunked, dx_chunked = run_chunked(chunked, x, D, g, C,
+                                              chunks if split == "aligned" else straddling_chunks)
     # spikes and states: the same arithmetic step by step (exact currents on the dyadic grid)
     assert torch.equal(out_chunked, out_full)
     assert 0 < out_full.abs().mean() and (kind == "readout" or out_full.mean() < 1)
@@ -215,8 +230,9 @@ MODEL_CASES = [("digits_stllr", "BP"), ("digits_stllr", "sDFA"), ("stllr_shd_net
                ("stllr_shd_net", "DFA"), ("small_vgg", "BP"), ("small_vgg", "DFA")]
 
 
+@pytest.mark.parametrize("split", ["aligned", "straddling"])
 @pytest.mark.parametrize("arch,feedback", MODEL_CASES)
-def test_models_sequence_in_chunks_equals_one_call(arch, feedback, seed):
+def test_models_sequence_in_chunks_equals_one_call(arch, feedback, split, seed):
     """model.sequence on chunks (states, dropout masks and DFA errors per chunk) == one call."""
     torch.manual_seed(seed)
     T, D, C, B = 7, 5, 3, 3
@@ -232,7 +248,7 @@ def test_models_sequence_in_chunks_equals_one_call(arch, feedback, seed):
     chunked.reset_states()
     chunked.feedback.set_target(labels)
     outs = []
-    for x_chunk, n in chunks(x, D, C):
+    for x_chunk, n in (chunks if split == "aligned" else straddling_chunks)(x, D, C):
         with torch.set_grad_enabled(n > 0):
             o = chunked.sequence(x_chunk, n)
         if n:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from stllr_kernels.chunks import chunk_bounds
+from stllr_kernels.chunks import Chunk, chunk_bounds
 
 from .guard import FiniteGuard
 from .interrupts import NEVER, StopFlag
@@ -86,10 +86,12 @@ def resolve_step_mode(training_mode: str, step_mode: str) -> str:
 
 
 def sequence_chunks(steps: int, loss_steps: int, step_mode: str, chunk_size: Optional[int]) -> list:
-    """The model calls of a time-fused step mode: one chunk for `sequence`, chunks of chunk_size
-    steps for `chunk` (None: the whole sequence)."""
-    size = chunk_size if step_mode == "chunk" and chunk_size is not None else steps
-    return chunk_bounds(steps, min(loss_steps, steps), size)
+    """The model calls of a time-fused step mode: the whole sequence for `sequence` (and for `chunk`
+    without a chunk size), else `chunk_bounds`' chunks (aligned on the loss window)."""
+    loss_steps = min(loss_steps, steps)
+    if step_mode != "chunk" or chunk_size is None:
+        return [Chunk(0, steps, loss_steps)]
+    return chunk_bounds(steps, loss_steps, chunk_size)
 
 
 def no_sync_context(last: bool) -> ContextManager:
