@@ -113,7 +113,7 @@ def main(argv=None) -> None:
     args = common.parse(p, argv)
     device = torch.device(args.device)
     reps = 1 if args.quick else args.reps
-    report = common.Report("chunk_sweep", "Chunk-size sweep", args.out, device)
+    report = common.Report("chunk_sweep" + ("_cpuclock" if args.clock == "cpu" else ""), "Chunk-size sweep", args.out, device)
     rows = []
     for spec, batch, sizes in configs(args):
         if args.models and spec.kind not in args.models.split(","):

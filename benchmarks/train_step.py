@@ -195,7 +195,7 @@ def main(argv=None) -> None:
     args = common.parse(p, argv)
     device = torch.device(args.device)
     reps = 1 if args.quick else args.reps
-    report = common.Report("train_step", "Seconds per training batch", args.out, device)
+    report = common.Report("train_step" + ("_cpuclock" if args.clock == "cpu" else ""), "Seconds per training batch", args.out, device)
     thread_counts = args.threads if args.threads and device.type == "cpu" else [torch.get_num_threads()]
     rows, charts, notes, profiles, goals = [], {}, [], [], []
     for threads in thread_counts:

@@ -28,7 +28,6 @@ from training.models.vgg import VGGSTLLR
 BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(unavailable_reason(name, "cpu") is not None,
                                                         reason=str(unavailable_reason(name, "cpu"))))
             for name in ("torch", "cpu", "triton")]
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
 # ----------------------------------------------------------------------------- the helper
@@ -458,18 +457,29 @@ def test_step_mode_and_chunk_size_may_change_on_resume(tmp_path, tiny_digits):
     assert run_cli(argv)["step_mode"] == "sequence"
 
 
-@CUDA
-def test_chunked_calls_on_cuda(seed):
-    """The GPU check runs this where a GPU exists: chunks on CUDA equal one call."""
-    layer, feat = make_layer("recurrent")
+CUDA_BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
+    not torch.cuda.is_available() or unavailable_reason(name, "cuda") is not None, reason="no CUDA device"))
+    for name in ("torch", "cuda", "triton")]
+
+
+@pytest.mark.parametrize("name", CUDA_BACKENDS)
+@pytest.mark.parametrize("kind", ["recurrent", "readout", "conv"])
+@pytest.mark.parametrize("split", ["aligned", "straddling"])
+def test_chunked_calls_on_cuda(seed, name, kind, split):
+    """Where a GPU exists (the GPU check): chunks on CUDA equal one call, on each CUDA backend."""
+    T, C, D = 9, 4, 6
+    layer, feat = make_layer(kind)
     layer = layer.cuda()
-    x = (torch.rand(7, 3, *feat) < 0.5).float().cuda()
+    x = (torch.rand(T, 3, *feat) < 0.5).float().cuda()
     with torch.no_grad():
         g = torch.randn(layer(x, 0).shape, device="cuda")
     chunked = copy.deepcopy(layer)
-    out_full, _ = run_full(layer, x, 5, g)
-    out_chunked, _ = run_chunked(chunked, x, 5, g, 3)
+    with backend(name):
+        out_full, dx_full = run_full(layer, x, D, g)
+        out_chunked, dx_chunked = run_chunked(chunked, x, D, g, C, chunks if split == "aligned" else straddling_chunks)
     assert torch.equal(out_chunked, out_full)
+    fan_in = max(p[0].numel() for p in layer.parameters() if p.dim() >= 2)
     for (n, a), b in zip(layer.named_parameters(), chunked.parameters()):
         if a.requires_grad:
-            assert_close_policy(b.grad, a.grad, reduction=5 * 3 * 11, msg=n)
+            assert_close_policy(b.grad, a.grad, reduction=D * 3 * fan_in, msg=n)
+    assert_close_policy(dx_chunked, dx_full, reduction=D * fan_in, msg="input gradient")

@@ -160,7 +160,6 @@ class Trainer:
             opt.step()
         return pred
 
-
     def _train_chunks(self, x: Tensor, labels: Tensor, loss_steps: int) -> Tensor:
         """Time-fused S-TLLR: the model called on each chunk (one for `sequence`), its states
         carried; a chunk with loss steps takes the loss on them and runs its backward, the others
