@@ -45,7 +45,7 @@ def headline(out: Path, device: str) -> str:
         if m:
             def mem(label):
                 r = m.get(label)
-                return f"{r['peak']} ({r['x S-TLLR online']})" if r else "—"
+                return f"{r['peak']} ({r['x S-TLLR online']})" if r and r.get("peak_bytes") else "—"
             chunk = f", chunk {m['S-TLLR chunk']['peak']}" if "S-TLLR chunk" in m else ""
             lines.append(f"| {model} | peak memory, T=100, B={m['S-TLLR online']['batch']} | online "
                          f"{m['S-TLLR online']['peak']}, time-fused {m['S-TLLR time-fused']['peak']}{chunk} | "
