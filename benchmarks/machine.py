@@ -98,21 +98,37 @@ def _blocks(size: int) -> list:
     return [MAX_DIM] * full + ([rest] if rest else [])
 
 
+_POOLS: dict = {}  # device -> three flat float32 buffers that every replay's operands view
+
+
+def _pool(device, sizes) -> tuple:
+    """Operand storage shared by all replays on a device (grown as needed): the replays of several
+    batches then hold one set of buffers, not one per GEMM shape, and leave the process's memory
+    (and its allocator's state, which the batches timed beside them feel) nearly as it was."""
+    device = torch.device(device)
+    pool = _POOLS.get(device)
+    if pool is None or any(p.numel() < n for p, n in zip(pool, sizes)):
+        sizes = [max(n, p.numel()) for n, p in zip(sizes, pool)] if pool else sizes
+        pool = tuple(torch.rand(n, device=device) for n in sizes)
+        _POOLS[device] = pool
+    return pool
+
+
 def mm_replay(shapes: Counter, device) -> Callable[[], None]:
     """A callable running every GEMM of `shapes` as torch.mm(a, b, out=c) on preallocated float32
-    operands (dimensions above MAX_DIM in blocks: the same MACs)."""
+    operands (dimensions above MAX_DIM in blocks: the same MACs), views of one shared pool."""
     calls: Counter = Counter()
     for (m, k, n), count in shapes.items():
         for bm in _blocks(m):
             for bk in _blocks(k):
                 for bn in _blocks(n):
                     calls[(bm, bk, bn)] += count
-    operands = {shape: (torch.rand(shape[0], shape[1], device=device), torch.rand(shape[1], shape[2], device=device),
-                        torch.empty(shape[0], shape[2], device=device)) for shape in calls}
+    sizes = [max(m * k for m, k, _ in calls), max(k * n for _, k, n in calls), max(m * n for m, _, n in calls)]
+    pa, pb, pc = _pool(device, sizes)
 
     def run():
-        for shape, count in calls.items():
-            a, b, c = operands[shape]
+        for (m, k, n), count in calls.items():
+            a, b, c = pa[:m * k].view(m, k), pb[:k * n].view(k, n), pc[:m * n].view(m, n)
             for _ in range(count):
                 torch.mm(a, b, out=c)
     return run
