@@ -327,7 +327,7 @@ def test_chunk_mode_trains_the_weights_of_sequence_mode(arch, feedback, delay, c
 
 
 def test_chunk_mode_equals_the_online_procedure_for_sgd(seed):
-    """Against SPEC section 6 run step by step (the online mode): plain SGD, the update is the gradient."""
+    """Against the training procedure run step by step (the online mode): plain SGD, the update is the gradient."""
     torch.manual_seed(seed)
     model, _ = model_and_input("digits_stllr", "BP", 1, 1, seed)
     batches = [digits_batch(seed + i) for i in range(2)]

@@ -5,7 +5,7 @@ whose backward is not the last of its optimizer step runs, forward and backward,
 `sync_context(False)` (DDP's no_sync decides at the forward), so a distributed run all-reduces the
 gradients once per optimizer step.
 
-Step modes of S-TLLR training (`--step-mode`; same gradients, SPEC section 6): `online` calls the
+Step modes of S-TLLR training (`--step-mode`; all give the same gradients): `online` calls the
 model one time step at a time; `sequence` once on the whole sequence (time-fused); `chunk` once per
 chunk of `chunk_size` steps (time-fused within a chunk, states carried, memory flat in T), with a
 backward per chunk that holds loss steps; `auto` is `chunk` for `stllr` and `online` for
