@@ -115,20 +115,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_once(fn: Callable[[], None], device: torch.device) -> float:
+# --clock: wall time (what a user waits), or the process's CPU time, which on a CPU shared with other
+# jobs leaves out the time the process waited for a core (at 1 thread: the compute time)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_once(fn: Callable[[], None], device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def time_interleaved(providers: dict[str, Callable[[], None]], device: torch.device, reps: int,
                      warmup: int = 1, reps_of: Optional[dict[str, int]] = None,
-                     progress: Optional[Callable[[str], None]] = None) -> dict[str, list[float]]:
+                     progress: Optional[Callable[[str], None]] = None,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each provider: `warmup` untimed rounds, then `reps` timed rounds; each
     round calls every provider once, the order rotating by one per round. `reps_of` caps the
-    repetitions of slow providers (they sit out the later rounds)."""
+    repetitions of slow providers (they sit out the later rounds). `clock`: see CLOCKS."""
     names = list(providers)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + reps):
@@ -140,7 +146,7 @@ def time_interleaved(providers: dict[str, Callable[[], None]], device: torch.dev
                 continue  # slow providers are not warmed up twice: their cost is compute, not set-up
             if progress:
                 progress(f"{'warm-up' if r < warmup else f'rep {r - warmup + 1}/{reps}'} {name}")
-            t = time_once(providers[name], device)
+            t = time_once(providers[name], device, clock)
             if r >= warmup:
                 times[name].append(t)
     return times
@@ -302,7 +308,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the report, CSV and plots")
     p.add_argument("--models", default=None, help="comma-separated subset of the models (shd, vgg)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                   help="timing scripts: wall time, or the process's CPU time (cpu: on a machine shared "
+                        "with other jobs, leaves out the waits for a core; meaningful at 1 thread)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="torch CPU threads (default: torch's choice); train_step measures at each of "
+                        "several counts (e.g. --threads 1 2), the other scripts use the first")
     return p
 
 
@@ -310,10 +321,15 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse the arguments and apply the ones every script shares (CPU threads)."""
     args = parser.parse_args(argv)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads[0])
     return args
 
 
 def progress_bar(total: int, desc: str):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def progress_bar_iter(items, desc: str):
+    from tqdm import tqdm
+    return tqdm(items, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)

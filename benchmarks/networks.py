@@ -306,9 +306,10 @@ def spikingjelly_available() -> Optional[str]:
 
 # method -> (which run's configuration, changes to it, model transform)
 METHODS = {
-    "stllr_online": ("stllr", {}, None),                              # stepped, one optimizer step
+    "stllr_online": ("stllr", {"step_mode": "online"}, None),         # stepped, one optimizer step
     "stllr_fused": ("stllr", {"step_mode": "sequence"}, None),        # time-fused sequence calls
-    "naive": ("stllr", {}, with_naive_recurrence),
+    "stllr_chunk": ("stllr", {"step_mode": "chunk"}, None),           # time-fused chunks (--chunk-size)
+    "naive": ("stllr", {"step_mode": "online"}, with_naive_recurrence),
     "bptt": ("bptt", {}, None),
     "spikingjelly": ("bptt", {"step_mode": "sequence"}, SpikingJellyModel),
     "bptt_lean": ("bptt", {"step_mode": "sequence"}, LeanBPTTModel),
@@ -320,9 +321,12 @@ def methods(spec: ModelSpec) -> list[str]:
     return [m for m in METHODS if m != "naive" or spec.kind == "shd"]
 
 
-def make_trainer(spec: ModelSpec, method: str, device) -> Trainer:
-    """The training CLI's model, optimizer and loss for this method; train_batch(x, y) runs a batch."""
+def make_trainer(spec: ModelSpec, method: str, device, chunk_size: Optional[int] = None) -> Trainer:
+    """The training CLI's model, optimizer and loss for this method; train_batch(x, y) runs a batch.
+    chunk_size: the chunk method's --chunk-size (default: the flag's)."""
     which, changes, transform = METHODS[method]
+    if chunk_size is not None:
+        changes = {**changes, "chunk_size": chunk_size}
     config = spec.config(which, **changes)
     model = build_model(config)
     if transform is not None:
@@ -330,4 +334,5 @@ def make_trainer(spec: ModelSpec, method: str, device) -> Trainer:
     model = model.to(device)
     opt = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     loss = make_loss(config.loss, spec.dataset.num_classes)
-    return Trainer(model, opt, loss, config.training_mode, config.step_mode, spec.delay_ls)
+    return Trainer(model, opt, loss, config.training_mode, config.step_mode, spec.delay_ls,
+                   chunk_size=config.chunk_size)

@@ -24,16 +24,20 @@ def headline(out: Path, device: str) -> str:
     macs = _read(out / "macs.csv")
     lines = ["| model | measure | S-TLLR | BPTT (this package) | BPTT (lean torch) | BPTT (SpikingJelly) | naive S-TLLR |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
+    threads = next((r["threads"] for r in speed if r.get("threads")), None)  # the run's first thread count
     for model in dict.fromkeys(r["model"] for r in speed + memory + macs):
-        t = {r["provider"]: r for r in speed if r["model"] == model}
+        t = {r["provider"]: r for r in speed if r["model"] == model and r.get("threads") == threads}
         if t:
             def cell(label):
                 r = t.get(label)
                 return f"{r['median']} ({r['ratio']})" if r and r.get("median_s") else "—"
-            online, fused = t.get("S-TLLR online [auto]"), t.get("S-TLLR time-fused [auto]")
+            online, fused, chunk = (t.get(f"S-TLLR {m} [auto]") for m in ("online", "time-fused", "chunk"))
             stllr = (f"online {online['median']} [{online['backend']}], time-fused "
-                     f"{fused['median'] if fused else '—'}") if online else "—"
-            lines.append(f"| {model} | s / batch ({t[next(iter(t))]['shape']}) | {stllr} | "
+                     f"{fused['median'] if fused else '—'}"
+                     + (f", chunk {chunk['median']} ({chunk['ratio']})" if chunk and chunk.get("median_s") else "")
+                     ) if online else "—"
+            shape = t[next(iter(t))]["shape"] + (f", {threads} thread(s)" if threads else "")
+            lines.append(f"| {model} | s / batch ({shape}) | {stllr} | "
                          f"{cell('BPTT (stllr_kernels.nn)')} | {cell('BPTT (lean torch)')} | "
                          f"{cell('BPTT (SpikingJelly)')} | "
                          f"{cell('S-TLLR naive outer-product')} |")
@@ -41,9 +45,10 @@ def headline(out: Path, device: str) -> str:
         if m:
             def mem(label):
                 r = m.get(label)
-                return f"{r['peak']} ({r['x S-TLLR online']})" if r else "—"
+                return f"{r['peak']} ({r['x S-TLLR online']})" if r and r.get("peak_bytes") else "—"
+            chunk = f", chunk {m['S-TLLR chunk']['peak']}" if "S-TLLR chunk" in m else ""
             lines.append(f"| {model} | peak memory, T=100, B={m['S-TLLR online']['batch']} | online "
-                         f"{m['S-TLLR online']['peak']}, time-fused {m['S-TLLR time-fused']['peak']} | "
+                         f"{m['S-TLLR online']['peak']}, time-fused {m['S-TLLR time-fused']['peak']}{chunk} | "
                          f"{mem('BPTT (stllr_kernels.nn)')} | — | {mem('BPTT (SpikingJelly)')} | — |")
         c = {r["method"]: r for r in macs if r["model"] == model}
         if c:

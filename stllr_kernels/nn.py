@@ -291,7 +291,8 @@ class LinearRecSTLLR(LinearSTLLR):
             self._standardized(self.weight, self.gain), self._standardized(self.weight_rec, self.gain_rec),
             s_prev, v, trpost, trpre, trrec, beta, theta, self.rule, save_from)
         s = s if sequence else s.view(s.shape[1:])  # a view: no op, and none in the backward
-        self.s_prev = (s[-1] if sequence else s).detach()
+        # a copy of a sequence's last step: a view would keep all T steps' spikes alive with the state
+        self.s_prev = (s[-1].clone() if sequence and s.shape[0] > 1 else s[-1] if sequence else s).detach()
         return s
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from conftest import assert_close_policy, backend
 
-from benchmarks import common, macs, memory, networks, summary, train_step
+from benchmarks import chunk_sweep, common, machine, macs, memory, networks, summary, train_step
 from stllr_kernels.nn import LinearRecSTLLR, LinearSTLLR
 from training.models import DEFAULT_ACTIVATION
 from training.models.vgg import VGGBPTT
@@ -59,6 +59,21 @@ def test_count_macs_of_one_stllr_step_matches_the_analytic_count():
     assert total == forward + 3 * B * N * K
 
 
+@pytest.mark.parametrize("spec,batch,method", [(networks.SHD.with_(T=5, delay_ls=3), 2, "stllr_chunk"),
+                                               (networks.GESTURE.with_(T=2, delay_ls=1), 1, "stllr_fused")],
+                         ids=["shd-chunk", "vgg-fused"])
+def test_gemm_shapes_hold_the_counted_macs_and_replay_them(spec, batch, method):
+    """The torch.mm replay of a batch runs exactly the MACs FlopCounterMode counts (convs as im2col GEMMs)."""
+    trainer = networks.make_trainer(spec, method, "cpu", chunk_size=2)
+    x, y = networks.make_batch(spec, batch, "cpu")
+    shapes = machine.gemm_shapes(lambda: trainer.train_batch(x, y))
+    with backend("torch"):
+        counted = common.count_macs(lambda: trainer.train_batch(x, y))
+    assert machine.macs(shapes) == counted > 0
+    replayed = common.count_macs(machine.mm_replay(shapes, "cpu"))
+    assert replayed == counted  # blocks of at most MAX_DIM rows: the same MACs
+
+
 def _rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))
@@ -69,6 +84,7 @@ def quick_results(tmp_path_factory):
     """The three scripts in --quick mode, once, into one folder (as `make bench` fills results/)."""
     out = tmp_path_factory.mktemp("results")
     train_step.main(["--quick", "--out", str(out), "--models", "shd"])
+    chunk_sweep.main(["--quick", "--out", str(out), "--models", "shd"])
     memory.main(["--quick", "--out", str(out), "--models", "shd"])
     macs.main(["--quick", "--out", str(out)])
     return out
@@ -79,8 +95,20 @@ def test_train_step_quick(quick_results):
     rows = _rows(quick_results / "train_step_cpu.csv")
     assert {r["provider"] for r in rows} == set(train_step.PROVIDERS)
     assert all(r["median"] != "—" or r["note"] for r in rows)
+    share = {r["provider"]: r["pct_of_torch_mm"] for r in rows}
+    assert share[train_step.CHUNK].endswith(" %") and share[train_step.FUSED].endswith(" %")
+    assert not share["BPTT (lean torch)"]  # only the S-TLLR rows are replayed
     assert (quick_results / "train_step_cpu.png").stat().st_size > 0
     assert "| SHD |" in (quick_results / "train_step_cpu.md").read_text()
+
+
+@pytest.mark.slow
+def test_chunk_sweep_quick(quick_results):
+    rows = _rows(quick_results / "chunk_sweep_cpu.csv")
+    assert [r["mode"] for r in rows] == ["online", "time-fused", "chunk 1", "chunk 2", "chunk 4"]
+    assert all(int(r["peak_bytes"]) > 0 for r in rows)  # (at these tiny sizes weight-sized tensors dominate)
+    assert all(r["x time-fused"].endswith("x") for r in rows[1:])
+    assert (quick_results / "chunk_sweep_cpu.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -149,6 +177,8 @@ def test_methods_build_the_training_clis_models():
     shd = networks.make_trainer(networks.SHD, "naive", "cpu")
     assert isinstance(shd.model, SHDSTLLR) and isinstance(shd.model.linear1, networks.NaiveLinearRecSTLLR)
     assert (shd.training_mode, shd.step_mode, shd.delay_ls) == ("stllr", "online", 90)
+    chunk = networks.make_trainer(networks.SHD, "stllr_chunk", "cpu", chunk_size=7)
+    assert (chunk.step_mode, chunk.chunk_size) == ("chunk", 7)
     assert shd.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4)
     fused = networks.make_trainer(networks.GESTURE, "stllr_fused", "cpu")
     assert isinstance(fused.model, VGGSTLLR) and fused.step_mode == "sequence" and fused.delay_ls == 5

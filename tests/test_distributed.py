@@ -21,10 +21,12 @@ from training.models import build_model
 
 WORLD = 2
 STEPS, T, BATCH = 3, 6, 8  # optimizer steps, time steps, global batch
+CHUNK = 3  # --chunk-size of the chunk case: the loss window (4 steps) spans its two chunks
 # (name, arch, training mode, step mode, delay_ls, feedback)
 CASES = (
     ("stllr", "digits_stllr", "stllr", "online", 4, "BP"),
     ("stllr_sequence", "digits_stllr", "stllr", "sequence", 4, "BP"),
+    ("stllr_chunk", "digits_stllr", "stllr", "chunk", 4, "BP"),  # chunks of CHUNK: two backwards, one sync
     ("stllr_online", "digits_stllr", "stllr_online", "online", 2, "BP"),
     ("stllr_dfa", "digits_stllr", "stllr", "online", 3, "DFA"),
     ("bptt", "digits_bptt", "bptt", "online", 1, "BP"),
@@ -77,7 +79,7 @@ def train(case, rank: int = 0, world: int = 1, ddp: bool = True):
             return work.get_future().then(lambda fut: fut.value()[0])
 
         train_model.register_comm_hook(None, counting_allreduce)
-    trainer = Trainer(train_model, optimizer, F.cross_entropy, mode, step_mode, delay)
+    trainer = Trainer(train_model, optimizer, F.cross_entropy, mode, step_mode, delay, chunk_size=CHUNK)
     if sync is not None:
         trainer.sync_context = sync
     share = BATCH // world

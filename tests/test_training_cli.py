@@ -63,11 +63,11 @@ def test_flag_table_equals_the_original():
 def test_new_flags_only_add():
     names = [f for f, _ in FLAGS]
     assert len(names) == len(set(names))
-    assert [f for f, _ in NEW_FLAGS] == ["--backend", "--step-mode", "--resume", "--override", "--workers", "--device",
-                                        "--frames", "--download", "--dist-timeout", "--precision", "--compile"]
+    assert [f for f, _ in NEW_FLAGS] == ["--backend", "--step-mode", "--chunk-size", "--resume", "--override",
+                                        "--workers", "--device", "--frames", "--download", "--dist-timeout", "--precision", "--compile"]
     args = build_parser().parse_args([])
     assert (args.backend, args.step_mode, args.resume, args.override, args.workers, args.device,
-            args.dist_timeout) == ("auto", "online", None, None, None, None, 10.0)
+            args.dist_timeout) == ("auto", "auto", None, None, None, None, 10.0)
     assert (args.frames, args.download) == ("original", False)  # the original's inputs; nothing fetched unasked
 
 

@@ -40,9 +40,11 @@ def tiny_digits(monkeypatch):
 
 
 def argv(save, *extra):
+    # the default step mode (chunk) in chunks of one step: as many calls inside the batches as the
+    # online mode makes, so that nearly every point of the sweep lands inside a batch
     return ["--dataset", "Digits", "--arch", "digits_stllr", "--batch-size", "8", "--val-batch-size", "10",
             "--delay-ls", "5", "--scheduler", "2", "--lr", "0.01", "--epochs", "2", "--trials", "2", "--print-freq", "2",
-            "--cpu", "--workers", "0", "--save-path", str(save), *extra]
+            "--cpu", "--workers", "0", "--step-mode", "chunk", "--chunk-size", "1", "--save-path", str(save), *extra]
 
 
 class CallCounter:

@@ -77,12 +77,14 @@ def all_finite(state_dict) -> bool:
 
 # ----------------------------------------------------------------------------- divergence
 
-@pytest.mark.parametrize("extra", [["--optimizer", "SGD", "--lr", "1e38", "--delay-ls", "20"],
+@pytest.mark.parametrize("extra", [["--optimizer", "SGD", "--lr", "1e38", "--delay-ls", "20", "--step-mode", "online"],
                                    ["--optimizer", "SGD", "--lr", "1e38", "--step-mode", "sequence"],
-                                   ["--optimizer", "SGD", "--lr", "1e38"],
+                                   ["--optimizer", "SGD", "--lr", "1e38", "--step-mode", "online"],
+                                   ["--optimizer", "SGD", "--lr", "1e38", "--step-mode", "chunk", "--chunk-size", "2"],
                                    ["--arch", "digits_bptt", "--training-mode", "bptt", "--optimizer", "SGD",
                                     "--lr", "1e38"]],
-                         ids=["stllr-online-all-steps", "stllr-sequence", "stllr-online-delay5", "bptt"])
+                         ids=["stllr-online-all-steps", "stllr-sequence", "stllr-online-delay5", "stllr-chunk",
+                              "bptt"])
 def test_nan_loss_stops_naming_trial_epoch_batch_and_keeps_last_good_checkpoint(tmp_path, capsys, extra):
     line = one_line_error(capsys, RunDiverged.exit_code, *argv(tmp_path, *extra))
     assert "trial 1, epoch 1, batch " in line and "non-finite" in line and "--lr" in line, line

@@ -73,9 +73,16 @@ ORIGINAL_FLAGS = (
 NEW_FLAGS = (
     ("--backend", dict(type=str, default="auto", choices=["auto", "triton", "cuda", "cpu", "torch"],
                        help="Kernel backend of stllr_kernels (auto: the fastest available).")),
-    ("--step-mode", dict(type=str, default="online", choices=["online", "sequence"],
-                         help="online: one time step per call (memory flat in T); sequence: the whole "
-                              "sequence per call (time-fused, faster on GPUs). Same gradients.")),
+    ("--step-mode", dict(type=str, default="auto", choices=["auto", "online", "sequence", "chunk"],
+                         help="How S-TLLR calls the model; same gradients. online: one time step per call "
+                              "(memory flat in T); sequence: the whole sequence per call (time-fused; memory "
+                              "grows with T); chunk: --chunk-size steps per call, states carried (time-fused "
+                              "speed, memory flat in T); auto: chunk for --training-mode stllr, online for "
+                              "stllr_online. Ignored by bptt.")),
+    ("--chunk-size", dict(type=int, default=10,
+                          help="--step-mode chunk: time steps per model call (the loss on each chunk's share "
+                               "of the last --delay-ls steps, a backward per chunk, one optimizer step per "
+                               "batch).")),
     ("--resume", dict(type=str, default=None, metavar="PATH",
                       help="Continue a run exactly from its checkpoint (save-path/checkpoint.pth.tar), "
                            "with the same flags; --epochs and --trials are totals and may grow.")),
@@ -151,6 +158,7 @@ class RunConfig:
     weight_decay: float = _default("--weight-decay")
     backend: str = _default("--backend")
     step_mode: str = _default("--step-mode")
+    chunk_size: int = _default("--chunk-size")
     resume: Optional[str] = _default("--resume")
     override: Optional[tuple] = _default("--override")
     workers: Optional[int] = _default("--workers")
@@ -235,7 +243,7 @@ def _first_problem(c: RunConfig) -> Optional[str]:
     for flag, value, low in (("--epochs", c.epochs, 1), ("--trials", c.trials, 1),
                              ("--batch-size", c.batch_size, 1), ("--val-batch-size", c.val_batch_size, 1),
                              ("--delay-ls", c.delay_ls, 0), ("--scheduler", c.scheduler, 0),
-                             ("--print-freq", c.print_freq, 1)):
+                             ("--print-freq", c.print_freq, 1), ("--chunk-size", c.chunk_size, 1)):
         if value < low:
             return f"{flag} must be >= {low}, got {value}"
     if c.workers is not None and c.workers < 0:
@@ -270,8 +278,9 @@ def _first_problem(c: RunConfig) -> Optional[str]:
         return f"--arch {c.arch} is a BPTT baseline; it needs --training-mode bptt"
     if not arch.stllr and c.feedback_mode != "BP":
         return f"--feedback-mode {c.feedback_mode} needs an S-TLLR architecture; {c.arch} is BPTT"
-    if c.training_mode == "stllr_online" and c.step_mode == "sequence":
-        return "--training-mode stllr_online updates the weights at every step; it needs --step-mode online"
+    if c.training_mode == "stllr_online" and c.step_mode in ("sequence", "chunk"):
+        return (f"--training-mode stllr_online updates the weights at every step; it needs --step-mode "
+                f"online (or auto), not {c.step_mode}")
     if spec.needs_path and not c.data_path:
         return f"--dataset {c.dataset} needs --data-path (the folder holding the dataset)"
     if spec.needs_path and not os.path.isdir(c.data_path):

@@ -4,6 +4,12 @@ The training modes differ only in when losses are taken and when the optimizer s
 whose backward is not the last of its optimizer step runs, forward and backward, inside
 `sync_context(False)` (DDP's no_sync decides at the forward), so a distributed run all-reduces the
 gradients once per optimizer step.
+
+Step modes of S-TLLR training (`--step-mode`; all give the same gradients): `online` calls the
+model one time step at a time; `sequence` once on the whole sequence (time-fused); `chunk` once per
+chunk of `chunk_size` steps (time-fused within a chunk, states carried, memory flat in T), with a
+backward per chunk that holds loss steps; `auto` is `chunk` for `stllr` and `online` for
+`stllr_online` (which steps the optimizer at every loss step). BPTT ignores the step mode.
 """
 from __future__ import annotations
 
@@ -17,13 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from stllr_kernels.chunks import Chunk, chunk_bounds
+
 from .guard import FiniteGuard
 from .interrupts import NEVER, StopFlag
 from .models.common import one_hot
 from .precision import full
 
 TRAINING_MODES = ("stllr_online", "stllr", "bptt")
-STEP_MODES = ("online", "sequence")
+STEP_MODES = ("auto", "online", "sequence", "chunk")
 LOSSES = ("MSE", "BCE", "CE")
 
 
@@ -69,6 +77,24 @@ def loss_over_steps(loss: Callable[[Tensor, Tensor], Tensor], out: Tensor, label
     return sum(loss(out[t], labels) for t in range(out.shape[0]))
 
 
+def resolve_step_mode(training_mode: str, step_mode: str) -> str:
+    """The step mode a run uses: `auto` is `chunk` for the `stllr` mode, else `online`."""
+    if step_mode not in STEP_MODES:
+        raise ValueError(f"step_mode: expected one of {list(STEP_MODES)}, got {step_mode!r}")
+    if step_mode != "auto":
+        return step_mode
+    return "chunk" if training_mode == "stllr" else "online"
+
+
+def sequence_chunks(steps: int, loss_steps: int, step_mode: str, chunk_size: Optional[int]) -> list:
+    """The model calls of a time-fused step mode: the whole sequence for `sequence` (and for `chunk`
+    without a chunk size), else `chunk_bounds`' chunks (aligned on the loss window)."""
+    loss_steps = min(loss_steps, steps)
+    if step_mode != "chunk" or chunk_size is None:
+        return [Chunk(0, steps, loss_steps)]
+    return chunk_bounds(steps, loss_steps, chunk_size)
+
+
 def no_sync_context(last: bool) -> ContextManager:
     """Default: every backward syncs (single process). DDP passes model.no_sync for last=False."""
     return contextlib.nullcontext()
@@ -89,6 +115,10 @@ class Trainer:
     # --precision (training.precision): the context of the model's forward, and the GradScaler of 16-mixed
     autocast: Callable[[], ContextManager] = field(default=contextlib.nullcontext)
     scaler: Optional["torch.amp.GradScaler"] = None
+    chunk_size: Optional[int] = None  # step mode chunk: time steps per model call (None: all)
+
+    def __post_init__(self):
+        self.step_mode = resolve_step_mode(self.training_mode, self.step_mode)
 
     def run_model(self, call, *args) -> Tensor:
         """model.step / model.sequence under --precision's autocast; logits in float32 at least."""
@@ -124,13 +154,8 @@ class Trainer:
             self.backward(self.loss(pred, labels), last=True)
             self.optimizer_step()
             return pred.detach()
-        if self.training_mode == "stllr" and self.step_mode == "sequence":
-            opt.zero_grad(set_to_none=True)
-            out = self.run_model(model.sequence, x, T - first_loss)
-            if first_loss < T:
-                self.backward(loss_over_steps(self.loss, out[first_loss:], labels), last=True)
-            self.optimizer_step()
-            return out.detach().sum(0)
+        if self.training_mode == "stllr" and self.step_mode in ("sequence", "chunk"):
+            return self._train_chunks(x, labels, T - first_loss)
         online = self.training_mode == "stllr_online"
         if not online:
             opt.zero_grad(set_to_none=True)
@@ -151,14 +176,36 @@ class Trainer:
             self.optimizer_step()
         return pred
 
+    def _train_chunks(self, x: Tensor, labels: Tensor, loss_steps: int) -> Tensor:
+        """Time-fused S-TLLR: the model called on each chunk (one for `sequence`), its states
+        carried; a chunk with loss steps takes the loss on them and runs its backward, the others
+        run without autograd; one optimizer step after the sequence."""
+        model, opt = self.model, self.optimizer
+        pieces = sequence_chunks(x.shape[0], loss_steps, self.step_mode, self.chunk_size)
+        last = max((i for i, c in enumerate(pieces) if c.loss_steps), default=-1)
+        opt.zero_grad(set_to_none=True)
+        pred = 0
+        for i, (start, stop, n) in enumerate(pieces):
+            # DDP decides at the forward whether the next backward syncs: the context spans both
+            with self.sync_context(i == last), torch.set_grad_enabled(n > 0):
+                out = self.run_model(model.sequence, x[start:stop], n)
+                if n:
+                    self.backward(loss_over_steps(self.loss, out[out.shape[0] - n:], labels), last=i == last)
+            pred = pred + out.detach().sum(0)
+        self.optimizer_step()
+        return pred
 
-def predict(model: torch.nn.Module, x: Tensor, step_mode: str = "online") -> Tensor:
-    """Evaluation: sum_t out_t under no_grad (in float32 at least: see training.precision.full)."""
+
+def predict(model: torch.nn.Module, x: Tensor, step_mode: str = "online",
+            chunk_size: Optional[int] = None) -> Tensor:
+    """Evaluation: sum_t out_t under no_grad (step modes sequence and chunk: time-fused calls), in
+    float32 at least (see training.precision.full)."""
     with torch.no_grad():
         model.reset_states()
         model.feedback.set_target(None)
-        if step_mode == "sequence":
-            return full(model.sequence(x, 0)).sum(0)
+        if step_mode in ("sequence", "chunk"):
+            return sum(full(model.sequence(x[start:stop], 0)).sum(0)
+                       for start, stop, _ in sequence_chunks(x.shape[0], 0, step_mode, chunk_size))
         return sum(full(model.step(x[t])) for t in range(x.shape[0]))
 
 
@@ -209,7 +256,7 @@ class EpochResult:
 def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=None,
               step_mode: str = "online", desc: str = "", print_freq: int = 0, log=None,
               show_progress: bool = True, stop: StopFlag = NEVER, guard: Optional[FiniteGuard] = None,
-              ) -> EpochResult:
+              chunk_size: Optional[int] = None) -> EpochResult:
     """Train (trainer given) or evaluate (model given) over one pass of `loader`.
 
     Between batches, a set `stop` flag raises StopRequested; `guard` watches the outputs and
@@ -236,7 +283,7 @@ def run_epoch(loader, device, loss_fn, trainer: Optional[Trainer] = None, model=
                         guard.explain_failure(i + 1)
                     raise
             else:
-                pred = predict(model, x, step_mode)
+                pred = predict(model, x, step_mode, chunk_size)
             with torch.no_grad():
                 batch_loss = loss_fn(pred, labels)
             if guard is not None:

@@ -14,10 +14,11 @@ from typing import List
 from .errors import CheckpointError, FlagError
 
 # May differ on resume: --epochs and --trials extend the run (both are totals), the rest change
-# where it runs, where it reads and writes, how often it prints, not what it computes.
+# where it runs, where it reads and writes, how often it prints, not what it computes (the step
+# modes and chunk sizes give the same gradients: only speed and memory differ).
 FREE = frozenset({"resume", "override", "epochs", "trials", "print_freq", "workers", "device", "cpu",
                   "backend", "data_path", "save_path", "val_batch_size", "dist_timeout", "download",
-                  "compile"})
+                  "compile", "step_mode", "chunk_size"})
 # Cannot be overridden: the checkpoint's weights or optimizer state would not fit the new value.
 FIXED = frozenset({"arch", "dataset", "optimizer", "feedback_mode", "pooling"})
 # Applied to the restored optimizer and schedule when overridden (the others take effect by

@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from . import run_dir, run_flags
 from .config import RunConfig, resolve_device
 from .data import DATASETS, build_dataset, make_loader
-from .engine import Trainer, make_loss, run_epoch
+from .engine import Trainer, make_loss, resolve_step_mode, run_epoch
 from .errors import BackendError, CheckpointError, FlagError, RunDiverged, RunInterrupted
 from .guard import FiniteGuard, NonFinite
 from .interrupts import StopRequested, stop_on_signals
@@ -148,7 +148,8 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
 
     first_trial = resume["trial"] if resume else 1
     summary = {"arch": config.arch, "dataset": config.dataset, "training_mode": config.training_mode,
-               "step_mode": config.step_mode, "device": str(device),
+               "step_mode": resolve_step_mode(config.training_mode, config.step_mode),
+               "chunk_size": config.chunk_size, "device": str(device),
                "trials": list(resume["finished_trials"]) if resume else []}
     summary["flags"] = run_flags.values(config)  # what `python -m training.report` reads (feedback, delay-ls)
     overrides = list(resume["overrides"]) if resume else []
@@ -190,7 +191,7 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
             log(f"\nIn trial {trial} of {config.trials}")
         train_model, sync = wrap_model(model) if wrap_model else (model, None)
         trainer = Trainer(train_model, optimizer, loss_fn, config.training_mode, config.step_mode, config.delay_ls,
-                          autocast=precision.autocast, scaler=scaler)
+                          chunk_size=config.chunk_size, autocast=precision.autocast, scaler=scaler)
         if sync is not None:
             trainer.sync_context = sync
         if device.type == "cuda":
@@ -223,8 +224,8 @@ def _run(config, stop, is_main, wrap_model, train_sampler_fn, test_sampler_fn, r
                 log(f" @Training * Acc@1 {tr.acc1:.3f} Acc@5 {tr.acc5:.3f} Loss {tr.loss:.4e} ({tr.seconds:.1f} s, "
                     f"peak saved for backward {tr.saved_peak_mb:.1f} MB)")
                 with precision.autocast():
-                    te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=config.step_mode,
-                                   desc="test", show_progress=is_main, stop=stop)
+                    te = run_epoch(test_loader, device, loss_fn, model=model, step_mode=trainer.step_mode,
+                                   desc="test", show_progress=is_main, stop=stop, chunk_size=config.chunk_size)
                 te = reduce_result(te)
                 log(f" @Testing * Acc@1 {te.acc1:.3f} Acc@5 {te.acc5:.3f} Loss {te.loss:.4e}")
                 # The end of the epoch: no interrupt is honoured inside it, and the checkpoint is
