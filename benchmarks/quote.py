@@ -81,12 +81,13 @@ def headline(results: Path, doc: Path, short: bool = False) -> str:
     the paper's sizes only."""
     from benchmarks.summary import headline as summary_table
 
-    lines = summary_table(results, "cpu").splitlines()
+    table, over = summary_table(results, "cpu")
+    lines = table.splitlines()
     if short:
         lines = lines[:2] + [line for line in lines[2:] if "(B=32" not in line.split("|")[1]
                              and line.split("|")[2].strip().startswith(("s / batch", "peak memory"))]
-    note = ("Ratios in parentheses: time or memory over S-TLLR online"
-            + ("." if short else "; MACs: BPTT over S-TLLR (online; time-fused)."))
+    note = (f"Ratios in parentheses: time or memory over {over} (the first S-TLLR figure of the row; chunk is "
+            "the training default)" + ("." if short else "; MACs: BPTT over S-TLLR (online; time-fused)."))
     machine = " ".join(_machine_line(label, results / name, doc) for label, name in (
         ("Speed", "train_step_cpu.md"), ("Memory", "memory_cpu.md")) + ((("MACs", "macs.md"),) if not short else ()))
     return "\n".join(lines) + f"\n\n{note} {machine}"

@@ -18,37 +18,67 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def headline(out: Path, device: str) -> str:
+# The S-TLLR mode the other columns are divided by: the training default (chunk) when the run has it
+BASE_MODES = ("chunk", "online")
+
+
+def _base(rows: dict, key: str, value: str):
+    """The row of the first of BASE_MODES this run measured (`rows` maps a method label to its row)."""
+    for mode in BASE_MODES:
+        r = rows.get(key.format(mode))
+        if r and r.get(value):
+            return mode, r
+    return None, None
+
+
+def headline(out: Path, device: str) -> tuple[str, str]:
+    """The table, and the mode its ratios are over."""
     speed = _read(out / f"train_step_{device}.csv")
     memory = _read(out / f"memory_{device}.csv")
     macs = _read(out / "macs.csv")
     lines = ["| model | measure | S-TLLR | BPTT (this package) | BPTT (lean torch) | BPTT (SpikingJelly) | naive S-TLLR |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
+    bases = set()
     threads = next((r["threads"] for r in speed if r.get("threads")), None)  # the run's first thread count
     for model in dict.fromkeys(r["model"] for r in speed + memory + macs):
         t = {r["provider"]: r for r in speed if r["model"] == model and r.get("threads") == threads}
-        if t:
+        mode, base = _base(t, "S-TLLR {} [auto]", "median_s")
+        if base:
+            bases.add(mode)
+
             def cell(label):
                 r = t.get(label)
-                return f"{r['median']} ({r['ratio']})" if r and r.get("median_s") else "—"
-            online, fused, chunk = (t.get(f"S-TLLR {m} [auto]") for m in ("online", "time-fused", "chunk"))
-            stllr = (f"online {online['median']} [{online['backend']}], time-fused "
-                     f"{fused['median'] if fused else '—'}"
-                     + (f", chunk {chunk['median']} ({chunk['ratio']})" if chunk and chunk.get("median_s") else "")
-                     ) if online else "—"
-            shape = t[next(iter(t))]["shape"] + (f", {threads} thread(s)" if threads else "")
+                return (f"{r['median']} ({float(r['median_s']) / float(base['median_s']):.2f}x)"
+                        if r and r.get("median_s") else "—")
+            stllr = ", ".join(f"{m} {t[f'S-TLLR {m} [auto]']['median']}"
+                              + (f" [{t[f'S-TLLR {m} [auto]']['backend']}]" if m == mode else "")
+                              for m in ("chunk", "time-fused", "online")
+                              if t.get(f"S-TLLR {m} [auto]", {}).get("median_s"))
+            shape = base["shape"] + (f", {threads} thread(s)" if threads else "")
             lines.append(f"| {model} | s / batch ({shape}) | {stllr} | "
                          f"{cell('BPTT (stllr_kernels.nn)')} | {cell('BPTT (lean torch)')} | "
                          f"{cell('BPTT (SpikingJelly)')} | "
                          f"{cell('S-TLLR naive outer-product')} |")
-        m = {r["method"]: r for r in memory if r["model"] == model and r["T"] == "100"}
-        if m:
+        by_t = {}
+        for r in memory:
+            if r["model"] == model and r.get("peak_bytes"):
+                by_t.setdefault(int(r["T"]), {})[r["method"]] = r
+        if 100 in by_t:
+            m = by_t[100]
+            mode, base = _base(m, "S-TLLR {}", "peak_bytes")
+            bases.add(mode)
+
             def mem(label):
-                r = m.get(label)
-                return f"{r['peak']} ({r['x S-TLLR online']})" if r and r.get("peak_bytes") else "—"
-            chunk = f", chunk {m['S-TLLR chunk']['peak']}" if "S-TLLR chunk" in m else ""
-            lines.append(f"| {model} | peak memory, T=100, B={m['S-TLLR online']['batch']} | online "
-                         f"{m['S-TLLR online']['peak']}, time-fused {m['S-TLLR time-fused']['peak']}{chunk} | "
+                # BPTT's memory grows with T: where it was left out at T=100, its largest measured T
+                at = max((T for T in by_t if T <= 100 and label in by_t[T]), default=None)
+                if at is None:
+                    return "—"
+                r, b = by_t[at][label], by_t[at].get(f"S-TLLR {mode}", base)
+                where = "" if at == 100 else f" at T={at}"
+                return f"{r['peak']}{where} ({int(r['peak_bytes']) / int(b['peak_bytes']):.1f}x)"
+            stllr = ", ".join(f"{k} {m[f'S-TLLR {k}']['peak']}" for k in ("chunk", "time-fused", "online")
+                              if f"S-TLLR {k}" in m)
+            lines.append(f"| {model} | peak memory, T=100, B={base['batch']} | {stllr} | "
                          f"{mem('BPTT (stllr_kernels.nn)')} | — | {mem('BPTT (SpikingJelly)')} | — |")
         c = {r["method"]: r for r in macs if r["model"] == model}
         if c:
@@ -57,7 +87,8 @@ def headline(out: Path, device: str) -> str:
             ratios = f"{c['S-TLLR']['BPTT / S-TLLR total']}" + (f"; {fused['BPTT / S-TLLR total']}" if fused else "")
             lines.append(f"| {model} | MACs / sample (T={c['S-TLLR']['T']}, delay-ls "
                          f"{c['S-TLLR']['delay-ls']}) | {stllr} | {c['BPTT']['total']} ({ratios}) | — | — | — |")
-    return "\n".join(lines)
+    over = " or ".join(f"S-TLLR {m}" for m in BASE_MODES if m in bases) or "S-TLLR"
+    return "\n".join(lines), over
 
 
 def main(argv=None) -> None:
@@ -65,8 +96,9 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     args = p.parse_args(argv)
-    table = headline(args.out, args.device)
-    note = ("Ratios in parentheses: time or memory over S-TLLR online; MACs BPTT over S-TLLR (online; time-fused). "
+    table, over = headline(args.out, args.device)
+    note = (f"Ratios in parentheses: time or memory over {over} (the first S-TLLR figure of the row); "
+            "MACs: BPTT over S-TLLR (online; time-fused). "
             f"Details: [train_step_{args.device}.md](train_step_{args.device}.md), "
             f"[memory_{args.device}.md](memory_{args.device}.md), [macs.md](macs.md).")
     (args.out / f"summary_{args.device}.md").write_text(f"# Benchmark summary ({args.device})\n\n{table}\n\n{note}\n")
