@@ -22,10 +22,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import stllr_kernels
 from benchmarks import common, networks
 from benchmarks.networks import GESTURE, SHD, ModelSpec
+from stllr_kernels.chunks import chunks
+from training.config import RunConfig
 
 HOST_SYNC_OPS = frozenset({"_local_scalar_dense"})
 # the goals of issue 11 (SHD net, ops per time step)
 GOALS = {"online": 20, "time-fused": 4}
+CHUNK_SIZE = RunConfig().chunk_size  # training's default --chunk-size
 
 
 class OpCounter(TorchDispatchMode):
@@ -54,7 +57,9 @@ def batch_runner(spec: ModelSpec, mode: str, batch: int, device) -> Callable[[],
 
     online: one call per time step, `cross_entropy(out_t, y).backward()` at each loss step;
     time-fused: one call on the whole sequence with loss_steps=D and one backward of one
-    cross-entropy over all D x B loss rows (summed over steps, mean over the batch)."""
+    cross-entropy over all D x B loss rows (summed over steps, mean over the batch); chunk: the
+    same on the chunks of the training default's size (`stllr_kernels.chunks`), a backward per
+    chunk with loss steps."""
     trainer = networks.make_trainer(spec, "stllr_online", device)
     model = trainer.model
     x, y = networks.make_batch(spec, batch, device)
@@ -74,7 +79,15 @@ def batch_runner(spec: ModelSpec, mode: str, batch: int, device) -> Callable[[],
         loss = F.cross_entropy(out[T - D:].flatten(0, 1), y.repeat(D), reduction="sum") / batch
         loss.backward()
 
-    run = online if mode == "online" else fused
+    def chunked():
+        model.reset_states()
+        for x_chunk, n in chunks(x, D, CHUNK_SIZE):
+            with torch.set_grad_enabled(n > 0):
+                out = model(x_chunk, n)
+            if n:
+                F.cross_entropy(out[-n:].flatten(0, 1), y.repeat(n), reduction="sum").div(batch).backward()
+
+    run = {"online": online, "time-fused": fused, "chunk": chunked}[mode]
 
     def run_fresh():
         for p in model.parameters():
@@ -111,7 +124,7 @@ def configs(quick: bool) -> list[tuple[ModelSpec, int]]:
 
 def measure(spec: ModelSpec, batch: int, device: torch.device) -> list[dict]:
     rows = []
-    for mode in ("online", "time-fused"):
+    for mode in ("online", "time-fused", "chunk"):
         run = batch_runner(spec, mode, batch, device)
         counter = count_ops(run)
         row = {"model": spec.name, "mode": mode, "B": batch, "T": spec.T, "loss_steps": spec.delay_ls,
@@ -149,14 +162,17 @@ def main(argv=None) -> None:
                    "The forward and backward of one batch of the training package's model, as the "
                    "README's loops write them (`batch_runner`): online = one call per time step and "
                    "`cross_entropy(out_t, y).backward()` at each loss step; time-fused = one call on "
-                   "the sequence with `loss_steps` and one cross-entropy over all loss rows; the "
+                   "the sequence with `loss_steps` and one cross-entropy over all loss rows; chunk = "
+                   f"the same on chunks of {CHUNK_SIZE} steps (training's default `--chunk-size`), "
+                   "a backward per chunk in the loss window; the "
                    "optimizer step excluded. `ops` counts every op dispatched (TorchDispatchMode): "
                    "ATen and custom ops from Python and from autograd (gradient accumulation "
                    "included), the user's cross-entropy included, "
                    "views and detaches excluded; an op of the C++ extension counts once, whatever it "
                    "calls inside. `host_syncs` counts `.item()`-style reads "
                    "(`aten::_local_scalar_dense`). A count does not depend on timing: one run is "
-                   "exact. Goals (issue 11, SHD net): online <= 20 ops per step, time-fused <= 4.",
+                   "exact. Goals (SHD net): online <= 20 ops per step, time-fused <= 4; chunk mode has "
+                   "none of its own (a few ops per chunk more than time-fused).",
                    common.markdown_table(rows, columns))
     report.section("Before the layer glue of issue 11",
                    "The same command on the code before it (commit f74c966, run with this script: "

@@ -35,7 +35,7 @@ from .run_dir import previous_run_files
 
 # flags shared by both runs; the rest is what makes each run S-TLLR or BPTT
 COMMON = ["--dataset", "Digits", "--batch-size", "32", "--val-batch-size", "256", "--lr", "0.01",
-          "--delay-ls", "20", "--step-mode", "sequence", "--print-freq", "1000"]
+          "--delay-ls", "20", "--print-freq", "1000"]
 RUNS = {
     "S-TLLR": ["--arch", "digits_stllr", "--training-mode", "stllr"],
     "BPTT": ["--arch", "digits_bptt", "--training-mode", "bptt"],
