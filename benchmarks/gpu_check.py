@@ -10,7 +10,7 @@ compile warm-ups run; then runs the stages of `benchmarks/gpu/stages/` each in i
 most valuable first: every op of the `triton` and `cuda` backends against the reference (TF32 off;
 one float32 case of every op first), one end-to-end SHD training batch of S-TLLR against BPTT (time
 and memory), every autotune config of every Triton kernel, one case above 2^31 elements,
-compute-sanitizer memcheck, the conformance suite, issue 19's CUDA test cases; then, alone on the
+compute-sanitizer memcheck, the conformance suite, the CUDA cases of the precision, compile, caching and NaN tests; then, alone on the
 GPU, the timings (element-wise and sequence kernels vs copy bandwidth, eligibility GEMM vs torch.mm,
 the time-fused layer, the Gesture VGG batch, a profile of one SHD online batch). DIR/gpu_check.md
 and DIR/gpu_check.csv are rewritten after every stage; DIR/gpu_check.log holds every stage's output.

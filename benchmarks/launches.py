@@ -26,7 +26,7 @@ from stllr_kernels.chunks import chunks
 from training.config import RunConfig
 
 HOST_SYNC_OPS = frozenset({"_local_scalar_dense"})
-# the goals of issue 11 (SHD net, ops per time step)
+# the goals for the SHD net, ops per time step
 GOALS = {"online": 20, "time-fused": 4}
 CHUNK_SIZE = RunConfig().chunk_size  # training's default --chunk-size
 
@@ -115,7 +115,7 @@ def count_cuda_launches(fn: Callable[[], None]) -> int:
 
 
 def configs(quick: bool) -> list[tuple[ModelSpec, int]]:
-    """(model, batch): the SHD net as the issue measured it (B=16, T=20, 18 loss steps) and the
+    """(model, batch): the SHD net at B=16, T=20, 18 loss steps (where the goals were set) and the
     Gesture VGG at its paper T and loss steps (batch 1: a count does not depend on the batch)."""
     if quick:
         return [(SHD.with_(T=4, delay_ls=3), 2), (GESTURE.with_(T=2, delay_ls=1), 1)]
@@ -174,7 +174,7 @@ def main(argv=None) -> None:
                    "exact. Goals (SHD net): online <= 20 ops per step, time-fused <= 4; chunk mode has "
                    "none of its own (a few ops per chunk more than time-fused).",
                    common.markdown_table(rows, columns))
-    report.section("Before the layer glue of issue 11",
+    report.section("Before the layer glue (weight standardization once per sequence, one op per step)",
                    "The same command on the code before it (commit f74c966, run with this script: "
                    "`git archive f74c966 stllr_kernels training | tar -x -C DIR`, this `benchmarks/` "
                    "and the built extension copied beside them): SHD online 88.25 ops per step, "

@@ -27,7 +27,7 @@ METHODS = {  # label -> method of networks.methods
 }
 T_VALUES = (10, 25, 50, 100, 200)
 BPTT_METHODS = ("bptt", "spikingjelly")
-SHD_T_VALUES = T_VALUES + (400,)  # issue 21: the chunk mode flat up to T=400
+SHD_T_VALUES = T_VALUES + (400,)  # the chunk mode's memory shown flat up to T=400
 
 
 def configs(args, device: torch.device) -> list[tuple[ModelSpec, int, tuple]]:
@@ -129,7 +129,7 @@ def _goals(spec: ModelSpec, ts, peaks, chunk_size=None) -> str:
     parts.append(f"S-TLLR online peak at T={hi} is {online[hi] / online[ref]:.3f}x its peak at T={ref} "
                  f"(goal: within 1.10x);")
     mid = 100 if 100 in ts else hi
-    if ("S-TLLR chunk", hi) in peaks:  # issue 21: flat in T; SHD: growth <= 5 % from T=50, <= 2x online at T=100
+    if ("S-TLLR chunk", hi) in peaks:  # goals: flat in T; SHD: growth <= 5 % from T=50, <= 2x online at T=100
         chunk = {T: peaks["S-TLLR chunk", T] for T in ts}
         # from the first T whose loss window holds two chunks on, nothing grows with T (a chunk's
         # activations, the gradients, the optimizer's temporaries); before, later chunks are shorter

@@ -34,8 +34,8 @@ LEAN_BPTT = "BPTT (lean torch)"
 FUSED, CHUNK = "S-TLLR time-fused [auto]", "S-TLLR chunk [auto]"
 # S-TLLR methods whose GEMMs are replayed as torch.mm (the naive formula's products are element-wise)
 REPLAYED = ("stllr_online", "stllr_fused", "stllr_chunk")
-MM_GOAL = 70  # issue 21: time-fused and chunk rows at >= 70 % of torch.mm on their GEMM shapes
-# the original code's S-TLLR measured against at its own comparison size (issue 11: >= 25x)
+MM_GOAL = 70  # goal: time-fused and chunk rows at >= 70 % of torch.mm on their GEMM shapes
+# the original code's S-TLLR measured against at its own comparison size (goal: >= 25x)
 SHD_ORIGINAL = SHD.with_(name="SHD (B=32, T=30)", T=30, delay_ls=27)
 SLOW = {"S-TLLR naive outer-product": 2}  # repetitions of providers that take many seconds
 
@@ -90,7 +90,7 @@ def build_providers(spec: ModelSpec, batch: int, device: torch.device, skip: dic
 
 
 def goal_rows(chart: dict, share: dict, threads: int) -> list[dict]:
-    """The speed goals of issues 11 and 21, measured as ratios of this run's medians (at one thread
+    """The speed goals, measured as ratios of this run's medians (at one thread
     count); `share`: model -> label -> % of torch.mm."""
     rows = []
 
@@ -103,12 +103,12 @@ def goal_rows(chart: dict, share: dict, threads: int) -> list[dict]:
             r = t[a] / t[b]
             rows.append({"threads": threads, "goal": text, "measured": f"{r:.2f}x",
                          "met": met(r <= goal if at_most else r >= goal)})
-    ratio(SHD.name, STLLR_BEST_ONLINE, LEAN_BPTT, 0.9, "SHD online <= 0.9x lean BPTT (issue 11)")
-    ratio(SHD.name, FUSED, LEAN_BPTT, 0.35, "SHD time-fused <= 0.35x lean BPTT (issue 11)")
+    ratio(SHD.name, STLLR_BEST_ONLINE, LEAN_BPTT, 0.9, "SHD online <= 0.9x lean BPTT")
+    ratio(SHD.name, FUSED, LEAN_BPTT, 0.35, "SHD time-fused <= 0.35x lean BPTT")
     ratio(GESTURE.name, STLLR_BEST_ONLINE, "BPTT (SpikingJelly)", 1.0,
-          "Gesture VGG online no slower than SpikingJelly BPTT (issue 11)")
+          "Gesture VGG online no slower than SpikingJelly BPTT")
     ratio(SHD_ORIGINAL.name, "S-TLLR naive outer-product", STLLR_BEST_ONLINE, 25.0,
-          "SHD B=32 T=30: online >= 25x faster than the original's S-TLLR (naive) (issue 11)", at_most=False)
+          "SHD B=32 T=30: online >= 25x faster than the original's S-TLLR (naive)", at_most=False)
     ratio(SHD.name, CHUNK, LEAN_BPTT, 0.85, "SHD chunk <= 0.85x lean BPTT")
     ratio(SHD.name, CHUNK, FUSED, 1.15, "SHD chunk <= 1.15x time-fused")
     ratio(GESTURE.name, CHUNK, FUSED, 1.15, "Gesture VGG chunk <= 1.15x time-fused")
@@ -232,7 +232,7 @@ def main(argv=None) -> None:
                    "gives it per model.",
                    common.markdown_table(rows, columns))
     if goals:
-        report.section("Goals (issues 11 and 21)", "Ratios of medians from the table above (one run, the "
+        report.section("Goals", "Ratios of medians from the table above (one run, the "
                        "providers interleaved).", common.markdown_table(goals, ["threads", "goal", "measured", "met"]))
     report.section("Setup",
                    "Models: the training package's (`training.models`: stllr_shd_net / bptt_shd_net, "

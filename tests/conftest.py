@@ -56,6 +56,40 @@ def backend(name: str):
             os.environ[stllr_kernels.backends.ENV_VAR] = previous
 
 
+def target_id(target) -> str:
+    """A (backend, device type) pair's test id: the backend, with the device where it is not implied."""
+    name, device_type = target
+    return name if name in ("torch", device_type) else f"{name}_{device_type}"
+
+
+@pytest.fixture
+def target(request):
+    """The test's (backend, device type), forced for the test (parametrize it `indirect=True`):
+    yields its device; skips where it cannot run."""
+    name, device_type = request.param
+    reason = stllr_kernels.backends.unavailable_reason(name, device_type)
+    if reason is not None:
+        pytest.skip(f"backend {name!r} on {device_type}: {reason}")
+    with backend(name):
+        yield torch.device(device_type)
+
+
+class FixedSpikes(torch.utils.data.Dataset):
+    """n Digits-shaped samples (6 steps x 64 inputs, spikes drawn once at rate 0.3, labels 0-9), for
+    whole training runs in seconds."""
+
+    def __init__(self, n: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        self.x = (torch.rand(n, 6, 64, generator=gen) < 0.3).float()
+        self.y = torch.randint(0, 10, (n,), generator=gen)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
 def seed_salt() -> int:
     value = os.environ.get(SEED_SALT_ENV, "0") or "0"
     try:

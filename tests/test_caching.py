@@ -26,7 +26,7 @@ from stllr_kernels import backends
 from stllr_kernels.nn import (LIF, Conv2dSTLLR, LeakyReadout, LinearRecLIF, LinearRecSTLLR, LinearSTLLR, WSConv2d,
                               WSLinear, reset_states)
 
-from conftest import assert_close_policy, backend
+from conftest import assert_close_policy, backend, target_id
 
 # (backend, device type): every case on every compiled backend and the reference; Triton's CPU
 # interpreter (slow) on a few cases of each test: what is cached lives in the layers, not the backends
@@ -42,27 +42,11 @@ KINDS = {
 }
 
 
-def target_id(target) -> str:
-    name, device_type = target
-    return name if name in ("torch", device_type) else f"{name}_{device_type}"
-
-
 def grid(cases, interpreted_cases):
     """pytest params (target, *case): every case on TARGETS, `interpreted_cases` also on Triton's
     CPU interpreter."""
     return [pytest.param(t, *c, id="-".join([target_id(t), *map(str, c)]))
             for t, cs in [(t, cases) for t in TARGETS] + [(INTERPRETED, interpreted_cases)] for c in cs]
-
-
-@pytest.fixture
-def target(request):
-    """The test's (backend, device type), forced for the test: its device; skips where it cannot run."""
-    name, device_type = request.param
-    reason = backends.unavailable_reason(name, device_type)
-    if reason is not None:
-        pytest.skip(f"backend {name!r} on {device_type}: {reason}")
-    with backend(name):
-        yield torch.device(device_type)
 
 
 def spikes(features, device, dtype=torch.float32):

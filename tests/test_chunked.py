@@ -336,10 +336,12 @@ def test_chunk_mode_equals_the_online_procedure_for_sgd(seed):
     assert any("linear1.weight" in n for n in moved) and any("classifier.weight" in n for n in moved)
 
 
-@pytest.mark.parametrize("step_mode", ["chunk", "auto"])
-def test_bptt_ignores_the_step_mode(step_mode, seed):
+def test_bptt_refuses_chunks_and_takes_auto_as_online(seed):
     torch.manual_seed(seed)
     model = build_model(RunConfig(arch="digits_bptt", dataset="Digits"))
+    with pytest.raises(ValueError, match="step_mode: BPTT back-propagates through the whole sequence"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), F.cross_entropy, "bptt", "chunk", 3, chunk_size=2)
+    step_mode = "auto"
     weights = {}
     for mode in ("online", step_mode):
         m = copy.deepcopy(model).double()
@@ -367,10 +369,14 @@ def test_auto_step_mode_and_the_flags():
     assert (config.step_mode, config.chunk_size) == ("chunk", 4)
     good = RunConfig(dataset="Digits", arch="digits_stllr")
     for changes, match in ((dict(chunk_size=0), "--chunk-size must be >= 1, got 0"),
-                           (dict(training_mode="stllr_online", step_mode="chunk"), "needs --step-mode online")):
+                           (dict(training_mode="stllr_online", step_mode="chunk"), "needs --step-mode online"),
+                           (dict(arch="digits_bptt", training_mode="bptt", step_mode="chunk"),
+                            "bptt back-propagates through the whole sequence")):
         with pytest.raises(FlagError, match=match):
             RunConfig(**{**good.__dict__, **changes}).validate()
     RunConfig(**{**good.__dict__, "training_mode": "stllr_online"}).validate()  # auto: online
+    for step_mode in ("auto", "online", "sequence"):
+        RunConfig(**{**good.__dict__, "arch": "digits_bptt", "training_mode": "bptt", "step_mode": step_mode}).validate()
 
 
 def test_evaluation_in_chunks_equals_one_call(seed):

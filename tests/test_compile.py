@@ -26,7 +26,7 @@ from stllr_kernels import backends
 from stllr_kernels.nn import (LIF, Conv2dSTLLR, LeakyReadout, LinearRecLIF, LinearRecSTLLR, LinearSTLLR, WSConv2d,
                               WSLinear, reset_states)
 
-from conftest import assert_close_policy, backend
+from conftest import FixedSpikes, assert_close_policy, backend, target_id
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (backend, device type); torch unrolls its time loop (no dynamic T); CUDA runs where there is one
@@ -47,11 +47,6 @@ STLLR = [k for k, (_, _, seq) in LAYERS.items() if seq]
 BPTT = [k for k, (_, _, seq) in LAYERS.items() if not seq]
 
 
-def target_id(target) -> str:
-    name, device_type = target
-    return name if name in ("torch", device_type) else f"{name}_{device_type}"
-
-
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     """Each test starts from empty compile caches: every layer class shares its forward's code
@@ -59,17 +54,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-
-
-@pytest.fixture
-def target(request):
-    """The test's (backend, device type), forced for the test: its device; skips where it cannot run."""
-    name, device_type = request.param
-    reason = backends.unavailable_reason(name, device_type)
-    if reason is not None:
-        pytest.skip(f"backend {name!r} on {device_type}: {reason}")
-    with backend(name):
-        yield torch.device(device_type)
 
 
 def on(targets=TARGETS):
@@ -483,21 +467,6 @@ def test_compiled_training_moves_the_weights_as_eager(arch, mode, step_mode, fee
         assert_close_policy(p, q, reduction=2 * 5 * 6 * 64, msg=name)
 
 
-class _Spikes(torch.utils.data.Dataset):
-    """Digits-shaped random spike trains of fixed rates (a few dozen, for whole runs in seconds)."""
-
-    def __init__(self, n: int, seed: int):
-        gen = torch.Generator().manual_seed(seed)
-        self.x = (torch.rand(n, 6, 64, generator=gen) < 0.3).float()
-        self.y = torch.randint(0, 10, (n,), generator=gen)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
-
-
 @pytest.mark.slow
 def test_compile_runs_and_resumes_with_plain_checkpoints(tmp_path, monkeypatch):
     """python -m training --compile eager: a run of 2 epochs resumed for a 3rd; the checkpoints hold
@@ -507,7 +476,7 @@ def test_compile_runs_and_resumes_with_plain_checkpoints(tmp_path, monkeypatch):
     from training.cli import main
     from training.engine import predict, topk_correct
     from training.models.digits import DigitsSTLLR
-    monkeypatch.setattr(runner, "build_dataset", lambda config, train: _Spikes(24 if train else 10, int(train)))
+    monkeypatch.setattr(runner, "build_dataset", lambda config, train: FixedSpikes(24 if train else 10, int(train)))
     flags = ["--dataset", "Digits", "--arch", "digits_stllr", "--batch-size", "8", "--val-batch-size", "10",
              "--save-path", str(tmp_path), "--delay-ls", "3", "--print-freq", "100", "--cpu", "--compile", "eager"]
     assert main(flags + ["--epochs", "2"]) == 0
@@ -518,6 +487,6 @@ def test_compile_runs_and_resumes_with_plain_checkpoints(tmp_path, monkeypatch):
     model = DigitsSTLLR("LinearSpike", [0.2, 0.75, -1, 1])
     assert list(model.state_dict()) == list(state["model"])  # no "_orig_mod." prefix
     model.load_state_dict(state["model"])
-    test = _Spikes(10, 0)
+    test = FixedSpikes(10, 0)
     correct, _ = topk_correct(predict(model, test.x.transpose(0, 1)), test.y)
     assert state["history"]["val_acc"][-1] == pytest.approx(100.0 * correct / 10)

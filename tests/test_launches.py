@@ -1,4 +1,4 @@
-"""The SHD net's ops per time step stay under issue 11's goals (a count is exact: one run decides)."""
+"""The SHD net's ops per time step stay under their goals (online <= 20, time-fused <= 4) (a count is exact: one run decides)."""
 from __future__ import annotations
 
 import pytest
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(unavailable_reason("cpu", "cpu") is not None,
 def test_shd_ops_per_step_under_the_goals(seed, mode):
     from benchmarks import launches
     from benchmarks.networks import SHD
-    spec = SHD.with_(T=20, delay_ls=18)  # the issue's shape; a count does not depend on the batch
+    spec = SHD.with_(T=20, delay_ls=18)  # the shape the goals were set at; a count does not depend on the batch
     with backend("cpu"):
         counter = launches.count_ops(launches.batch_runner(spec, mode, 2, torch.device("cpu")))
     per_step = counter.total / spec.T

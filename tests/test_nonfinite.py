@@ -1,4 +1,4 @@
-"""NaN and inf propagate, as in PyTorch (issue 19 item 4; the rule: docs/non-finite.md).
+"""NaN and inf propagate, as in PyTorch (the rule: docs/non-finite.md).
 
 A non-finite input, membrane, weight or learning signal must give non-finite spikes or outputs
 (`reference.spike_of`: the spike of a NaN or +-inf membrane is NaN), so the loss is non-finite and

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 import training.runner as runner
 from stllr_kernels.backends import unavailable_reason
@@ -30,7 +29,7 @@ from training.models.shd import SHDBPTT, SHDSTLLR
 from training.models.vgg import VGGBPTT, VGGSTLLR
 from training.precision import Precision
 
-from conftest import assert_close_policy, backend, tol
+from conftest import FixedSpikes, assert_close_policy, backend, tol
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -514,21 +513,6 @@ def test_every_training_mode_trains_under_precision(arch, mode, step_mode, preci
     assert learned(), "the hidden layer or the classifier did not learn"
 
 
-class RandomSpikes(Dataset):
-    """A few Digits-shaped samples (spikes drawn once), for quick whole runs."""
-
-    def __init__(self, n: int, seed: int):
-        gen = torch.Generator().manual_seed(seed)
-        self.x = (torch.rand(n, 6, 64, generator=gen) < 0.3).float()
-        self.y = torch.randint(0, 10, (n,), generator=gen)
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
-
-
 def run_cli(argv):
     return runner.run(parse_config(argv))
 
@@ -539,7 +523,7 @@ def test_resume_under_precision_gives_the_uninterrupted_result(precision, tmp_pa
     """A whole run, and the same run stopped after epoch 1 and resumed: the same weights, and for
     16-mixed the same GradScaler state (it is in the checkpoint)."""
     cpu_16_mixed(monkeypatch)
-    monkeypatch.setattr(runner, "build_dataset", lambda args, train: RandomSpikes(16 if train else 6, int(train)))
+    monkeypatch.setattr(runner, "build_dataset", lambda args, train: FixedSpikes(16 if train else 6, int(train)))
 
     def flags(save, epochs, *extra):
         return ["--dataset", "Digits", "--arch", "digits_stllr", "--batch-size", "8", "--val-batch-size", "6",
@@ -566,7 +550,7 @@ def test_resume_under_precision_gives_the_uninterrupted_result(precision, tmp_pa
 @NO_CUDA
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_precision_runs_on_cuda(precision, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "build_dataset", lambda args, train: RandomSpikes(16 if train else 6, int(train)))
+    monkeypatch.setattr(runner, "build_dataset", lambda args, train: FixedSpikes(16 if train else 6, int(train)))
     summary = run_cli(["--dataset", "Digits", "--arch", "digits_stllr", "--batch-size", "8", "--delay-ls", "3",
                        "--precision", precision, "--device", "cuda", "--save-path", str(tmp_path), "--epochs", "1"])
     assert summary["trials"][0]["final_acc1"] is not None

@@ -1,6 +1,6 @@
-"""Issue 15: `python -m training` never lies, never loses work, never runs code from a checkpoint.
+"""`python -m training` never lies, never loses work, never runs code from a checkpoint.
 
-Each test reproduces one row of the issue's table (tried as a new user would, on the Digits data)
+Each test reproduces one way a run could go wrong (tried as a new user would, on the Digits data)
 and checks what must happen now. Runs go through `training.cli.main` in-process (one torch import)
 on a small slice of Digits; the command's one-line messages are read from stderr.
 """

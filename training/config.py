@@ -78,7 +78,7 @@ NEW_FLAGS = (
                               "(memory flat in T); sequence: the whole sequence per call (time-fused; memory "
                               "grows with T); chunk: --chunk-size steps per call, states carried (time-fused "
                               "speed, memory flat in T); auto: chunk for --training-mode stllr, online for "
-                              "stllr_online. Ignored by bptt.")),
+                              "stllr_online. --training-mode bptt: online (auto) or sequence.")),
     ("--chunk-size", dict(type=int, default=10,
                           help="--step-mode chunk: time steps per model call (the loss on each chunk's share "
                                "of the last --delay-ls steps, a backward per chunk, one optimizer step per "
@@ -281,6 +281,9 @@ def _first_problem(c: RunConfig) -> Optional[str]:
     if c.training_mode == "stllr_online" and c.step_mode in ("sequence", "chunk"):
         return (f"--training-mode stllr_online updates the weights at every step; it needs --step-mode "
                 f"online (or auto), not {c.step_mode}")
+    if c.training_mode == "bptt" and c.step_mode == "chunk":
+        return ("--training-mode bptt back-propagates through the whole sequence: --step-mode chunk would "
+                "cut its gradient at each chunk; use online (or auto) or sequence")
     if spec.needs_path and not c.data_path:
         return f"--dataset {c.dataset} needs --data-path (the folder holding the dataset)"
     if spec.needs_path and not os.path.isdir(c.data_path):

@@ -9,7 +9,8 @@ Step modes of S-TLLR training (`--step-mode`; all give the same gradients): `onl
 model one time step at a time; `sequence` once on the whole sequence (time-fused); `chunk` once per
 chunk of `chunk_size` steps (time-fused within a chunk, states carried, memory flat in T), with a
 backward per chunk that holds loss steps; `auto` is `chunk` for `stllr` and `online` for
-`stllr_online` (which steps the optimizer at every loss step). BPTT ignores the step mode.
+`stllr_online` (which steps the optimizer at every loss step). BPTT takes `online` (`auto`) or
+`sequence`; a chunk would cut its gradient at the chunk's start, so `chunk` is refused with it.
 """
 from __future__ import annotations
 
@@ -81,6 +82,9 @@ def resolve_step_mode(training_mode: str, step_mode: str) -> str:
     """The step mode a run uses: `auto` is `chunk` for the `stllr` mode, else `online`."""
     if step_mode not in STEP_MODES:
         raise ValueError(f"step_mode: expected one of {list(STEP_MODES)}, got {step_mode!r}")
+    if training_mode == "bptt" and step_mode == "chunk":
+        raise ValueError("step_mode: BPTT back-propagates through the whole sequence, and a chunk would "
+                         "cut its gradient; expected 'online', 'sequence' or 'auto', got 'chunk'")
     if step_mode != "auto":
         return step_mode
     return "chunk" if training_mode == "stllr" else "online"

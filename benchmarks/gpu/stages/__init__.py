@@ -5,8 +5,8 @@ a run cut short still answers "is every op correct, and how fast and lean agains
     after the build              correct-ext (core rows first)
     alone on the GPU             end-to-end-shd: S-TLLR vs BPTT, time and memory, the paper's SHD size
     then, side by side           warm-* of the other timing stages, triton-configs (every autotune
-                                 config), large, sanitizer, conformance, cuda-tests (issue 19's
-                                 CUDA test cases)
+                                 config), large, sanitizer, conformance, cuda-tests (the CUDA
+                                 cases of the precision, compile, caching and NaN tests)
     then alone, one at a time    bandwidth, gemm, layers, end-to-end-vgg, profile
 
 `exclusive` stages time things: they run alone on the GPU, one after another, after every stage

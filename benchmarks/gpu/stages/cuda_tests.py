@@ -1,4 +1,4 @@
-"""The CUDA cases of issue 19's habit tests (mixed precision, torch.compile, no stale cached
+"""The CUDA cases of the tests of everyday PyTorch habits (mixed precision, torch.compile, no stale cached
 values, NaN/Inf propagation): the test files in FILES that exist in this tree, `-k cuda` (their
 CUDA-parametrized cases, skipped on a machine without a GPU; STLLR_GPU_CHECK_CUDA_TESTS_K overrides
 the expression). A file not in the tree is left out; none at all gives a skipped row."""
