@@ -121,6 +121,17 @@ def launches(results: Path, doc: Path) -> str:
             "exact counts, independent of load.")
 
 
+def precision_digits(results: Path, doc: Path) -> str:
+    """float32 against bf16-mixed on the Digits demo (python -m benchmarks.precision_digits)."""
+    report = results / "precision_digits.md"
+    lines = report.read_text().splitlines()
+    table = [line for line in lines if line.startswith("| ")]
+    verdict = next((line for line in lines if line.startswith("Largest difference")), "")
+    machine = re.search(r"^Machine: (.*?)\. A run", report.read_text(), re.M)
+    return ("\n".join(table) + f"\n\n{verdict} `{command_of(report)}` on {machine.group(1) if machine else '?'} "
+            f"([report]({_link(report, doc)})).")
+
+
 def paper_targets(results: Path, doc: Path) -> str:
     """The paper's Table 3 (training.report.PAPER_TABLE3, the one place it is written)."""
     from training.report import paper_table
@@ -134,6 +145,7 @@ FIGURES: Dict[str, Callable[[Path, Path], str]] = {
     "demo": demo,
     "launches-cpu": launches,
     "paper-targets": paper_targets,
+    "precision-digits": precision_digits,
 }
 
 

@@ -183,3 +183,22 @@ def test_methods_build_the_training_clis_models():
     fused = networks.make_trainer(networks.GESTURE, "stllr_fused", "cpu")
     assert isinstance(fused.model, VGGSTLLR) and fused.step_mode == "sequence" and fused.delay_ls == 5
     assert "naive" not in networks.methods(networks.GESTURE)
+
+
+def test_precision_digits_table_compares_each_seed_and_the_means():
+    """The float32 / bf16-mixed table: differences per seed (bf16 minus float32), means, the largest."""
+    from benchmarks import precision_digits
+
+    def row(run, best, final):
+        return {"run": run, "best_acc1": best, "best_epoch": "3", "final_acc1": final, "seconds_per_epoch": "0.2",
+                "saved_for_backward_peak_mb": "2.0", "peak_memory_mb": "500", "run_seconds": "5"}
+    results = {(1, "float32"): {"S-TLLR": row("S-TLLR", "97.0", "96.0"), "BPTT": row("BPTT", "95.0", "95.0")},
+               (1, "bf16-mixed"): {"S-TLLR": row("S-TLLR", "96.5", "96.0"), "BPTT": row("BPTT", "96.0", "94.0")},
+               (2, "float32"): {"S-TLLR": row("S-TLLR", "98.0", "97.0"), "BPTT": row("BPTT", "96.0", "96.0")},
+               (2, "bf16-mixed"): {"S-TLLR": row("S-TLLR", "98.5", "97.0"), "BPTT": row("BPTT", "96.0", "96.0")}}
+    text, worst = precision_digits.table(results, [1, 2])
+    lines = text.splitlines()
+    assert "| 1 | S-TLLR | 97.00 / 96.00 | 96.50 / 96.00 | -0.50 / 0.00 |" in lines[2]
+    assert "| mean | S-TLLR | 97.50 / 96.50 | 97.50 / 96.50 | 0.00 / 0.00 |" in lines[4]
+    assert "| 1 | BPTT | 95.00 / 95.00 | 96.00 / 94.00 | +1.00 / -1.00 |" in lines[5]
+    assert worst == {"S-TLLR": 0.5, "BPTT": 1.0}
