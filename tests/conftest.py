@@ -113,7 +113,7 @@ def one_thread():
 def seed(request):
     """A fresh, reproducible seed per test (from its name, mixed with STLLR_TEST_SEED_SALT), set
     for torch, random and numpy before every test, so that no test's inputs depend on the order in
-    which tests run. `make test-seeds` runs the numeric tests under other salts."""
+    which tests run. `make test-seeds` runs every quick test under other salts."""
     key = request.node.nodeid
     salt = seed_salt()
     if salt:

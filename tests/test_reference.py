@@ -95,6 +95,7 @@ def test_linear_layer_matches_per_sample_sums(seed, psi, reset, post, B, K, N):
                         post=post, leak=0.3, threshold=0.55).double()
     with torch.no_grad():
         layer.weight.mul_(4.0)  # enough current that some neurons spike
+        layer.bias[0] = 50.0  # and one at every step, whatever the seed
     inputs = [(torch.rand(B, K) < 0.5).double() for _ in range(T)]
     grads = [torch.randn(B, N, dtype=torch.float64) for _ in range(T)]
     with backend("torch"):
