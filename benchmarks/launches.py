@@ -73,11 +73,14 @@ def batch_runner(spec: ModelSpec, mode: str, batch: int, device) -> Callable[[],
                 if t >= T - D:
                     F.cross_entropy(out, y).backward()
 
+    def backward_last(out, n):
+        """One cross-entropy over the last n steps' rows of out [steps, B, C] (summed over the
+        steps, mean over the batch), and its backward."""
+        (F.cross_entropy(out[-n:].flatten(0, 1), y.repeat(n), reduction="sum") / batch).backward()
+
     def fused():
         model.reset_states()
-        out = model(x, D)
-        loss = F.cross_entropy(out[T - D:].flatten(0, 1), y.repeat(D), reduction="sum") / batch
-        loss.backward()
+        backward_last(model(x, D), D)
 
     def chunked():
         model.reset_states()
@@ -85,7 +88,7 @@ def batch_runner(spec: ModelSpec, mode: str, batch: int, device) -> Callable[[],
             with torch.set_grad_enabled(n > 0):
                 out = model(x_chunk, n)
             if n:
-                F.cross_entropy(out[-n:].flatten(0, 1), y.repeat(n), reduction="sum").div(batch).backward()
+                backward_last(out, n)
 
     run = {"online": online, "time-fused": fused, "chunk": chunked}[mode]
 

@@ -41,7 +41,8 @@ def _pair(a: float, b: float) -> str:
 
 
 def _diff(a: float, b: float) -> str:
-    return f"{b - a:+.2f}".replace("+0.00", "0.00")
+    """b - a with its sign; no sign on a difference that rounds to zero."""
+    return "0.00" if abs(b - a) < 0.005 else f"{b - a:+.2f}"
 
 
 def table(results: dict, seeds: list) -> tuple[str, dict]:

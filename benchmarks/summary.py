@@ -63,9 +63,9 @@ def headline(out: Path, device: str) -> tuple[str, str]:
         for r in memory:
             if r["model"] == model and r.get("peak_bytes"):
                 by_t.setdefault(int(r["T"]), {})[r["method"]] = r
-        if 100 in by_t:
+        mode, base = _base(by_t.get(100, {}), "S-TLLR {}", "peak_bytes")
+        if base:
             m = by_t[100]
-            mode, base = _base(m, "S-TLLR {}", "peak_bytes")
             bases.add(mode)
 
             def mem(label):
@@ -73,9 +73,9 @@ def headline(out: Path, device: str) -> tuple[str, str]:
                 at = max((T for T in by_t if T <= 100 and label in by_t[T]), default=None)
                 if at is None:
                     return "—"
-                r, b = by_t[at][label], by_t[at].get(f"S-TLLR {mode}", base)
+                r, b = by_t[at][label], by_t[at].get(f"S-TLLR {mode}")
                 where = "" if at == 100 else f" at T={at}"
-                return f"{r['peak']}{where} ({int(r['peak_bytes']) / int(b['peak_bytes']):.1f}x)"
+                return f"{r['peak']}{where}" + (f" ({int(r['peak_bytes']) / int(b['peak_bytes']):.1f}x)" if b else "")
             stllr = ", ".join(f"{k} {m[f'S-TLLR {k}']['peak']}" for k in ("chunk", "time-fused", "online")
                               if f"S-TLLR {k}" in m)
             lines.append(f"| {model} | peak memory, T=100, B={base['batch']} | {stllr} | "
